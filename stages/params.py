@@ -1,0 +1,178 @@
+"""params.yaml, loaded once into frozen dataclasses. An unknown or missing key is an error."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    n_images: int = 8
+    width: int = 1280
+    height: int = 1024
+    seed: int = 0
+    clip_seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    source_dir: str = "data/demo/scrape"
+    min_side: int = 1024
+    max_pixels: int = 100_000_000
+    background: tuple[int, int, int] = (255, 255, 255)
+    near_dup_distance: int = 6
+
+
+@dataclass(frozen=True)
+class TileParams:
+    size: int = 480
+    stride: int = 200
+    skip_flat: bool = True
+    flat_std: float = 2.0
+    val_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PackParams:
+    scales: tuple[int, ...] = (2, 4)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    n_feat: int = 40
+    n_up_feat: int = 24
+    n_blocks: int = 16
+    a2n_m: bool = False
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    scale: int = 4
+    iterations: int = 100
+    batch_size: int = 16
+    hr_crop: int = 128
+    lr: float = 5e-4
+    schedule: str = "step"
+    lr_step: int = 200_000
+    lr_gamma: float = 0.5
+    charbonnier_eps: float = 1e-6
+    val_every: int = 50
+    seed: int = 0
+    workers: int = 0
+    init: str = ""
+    model: ModelParams = field(default_factory=ModelParams)
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Params:
+    demo: DemoParams = field(default_factory=DemoParams)
+    ingest: IngestParams = field(default_factory=IngestParams)
+    tile: TileParams = field(default_factory=TileParams)
+    pack: PackParams = field(default_factory=PackParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return from_mapping(tp, value, where)  # type: ignore[arg-type]
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item = args[0]
+        return tuple(_coerce(item, v, where) for v in value)
+    if origin in (types.UnionType, typing.Union):
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ValueError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "params") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise, missing keys take defaults."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.lr=1e-4`` -> (["train", "lr"], 0.0001), values parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override must look like section.key=value, got {text!r}")
+    return key.split("."), yaml.safe_load(raw)
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
+    """Read params.yaml (a missing file gives the defaults) and apply ``key=value`` overrides."""
+    p = Path(path)
+    data: dict[str, Any] = {}
+    if p.exists():
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{p}: expected a mapping at the top level")
+        data = loaded
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return from_mapping(Params, data, str(p))
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as plain, YAML/JSON-friendly data (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(obj))
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"train.model.n_feat": 40, ...}, for logging params."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
