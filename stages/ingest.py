@@ -148,11 +148,9 @@ def examine(path: Path, rel: str, params: IngestParams, images_dir: Path) -> Rec
 
 
 def _walk(source: Path) -> list[Path]:
-    found: list[Path] = []
-    for root, dirs, files in os.walk(source):
-        dirs.sort()
-        found.extend(Path(root) / name for name in sorted(files))
-    return found
+    """Every file below ``source``, in path order (which decides who is the duplicate)."""
+    found = [Path(root) / name for root, _, files in os.walk(source) for name in files]
+    return sorted(found, key=lambda p: os.fsencode(p.relative_to(source)))
 
 
 def _read_manifest(path: Path) -> dict[str, Record]:
