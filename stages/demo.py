@@ -339,19 +339,21 @@ def write_clip(path: Path, seconds: float = 3.0, fps: int = 25, width: int = 576
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stages.common import setup_logging
+    from stages.params import load_params
+
     p = argparse.ArgumentParser(prog="python -m stages.demo", description=__doc__)
-    p.add_argument("--out", type=Path, required=True, help="directory for demo images")
-    p.add_argument("--n", type=int, default=8, help="number of images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--height", type=int, default=1024)
-    p.add_argument("--clip", type=Path, help="also write a demo clip (.mp4 or .mkv) here")
-    p.add_argument("--clip-seconds", type=float, default=3.0)
+    p.add_argument("--params", default="params.yaml", help="reads its demo section")
+    p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", type=Path, default=Path("data/demo/scrape"), help="directory for demo images")
+    p.add_argument("--clip", type=Path, default=Path("data/demo/clip.mp4"), help="the demo clip (.mp4/.mkv)")
+    p.add_argument("--no-clip", action="store_true", help="write the images only")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    write_images(args.out, args.n, args.seed, args.width, args.height)
-    if args.clip is not None:
-        write_clip(args.clip, seconds=args.clip_seconds, seed=args.seed)
+    setup_logging()
+    d = load_params(args.params, args.overrides).demo
+    write_images(args.out, d.n_images, d.seed, d.width, d.height)
+    if not args.no_clip:
+        write_clip(args.clip, seconds=d.clip_seconds, seed=d.seed)
     return 0
 
 

@@ -153,8 +153,9 @@ def test_write_clip_failure_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_cli(tmp_path: Path) -> None:
-    rc = demo.main(["--out", str(tmp_path / "imgs"), "--n", "2", "--width", "64",
-                    "--height", "48", "--clip", str(tmp_path / "c.mp4"), "--clip-seconds", "0.2"])
+    rc = demo.main(["--params", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "imgs"),
+                    "-S", "demo.n_images=2", "-S", "demo.width=64", "-S", "demo.height=48",
+                    "--clip", str(tmp_path / "c.mp4"), "-S", "demo.clip_seconds=0.2"])
     assert rc == 0
     names = sorted(p.name for p in (tmp_path / "imgs").iterdir())
     assert names == ["demo_000.png", "demo_001.png"]
