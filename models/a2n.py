@@ -1,0 +1,178 @@
+"""A2N: attention in attention network for image super-resolution (arXiv 2104.09497).
+
+The whole network is in this file. Module names follow the authors' code so that their
+published state dicts load with ``strict=True``; do not rename them.
+
+Public contract: ``A2N.forward`` takes RGB in [0, 1] and returns RGB on the same scale,
+unclamped. Internally the network runs on 0..255 (``rgb_range``), as the published weights do.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCALES = (2, 3, 4)
+
+
+@dataclass(frozen=True)
+class A2NConfig:
+    scale: int = 4  # upscaling factor: 2, 3 or 4 (x4 is two x2 steps in the upsampler)
+    n_feat: int = 40  # channels in the trunk
+    n_up_feat: int = 24  # channels in the upsampler
+    n_blocks: int = 16  # attention-in-attention blocks (AAB)
+    rgb_range: float = 255.0  # the scale the network sees; published weights expect 0..255
+    non_attention_kernel: int = 3  # 3 = A2N; 1 = A2N-M (1x1 non-attention conv)
+    adm_reduction: int = 4  # the ADM's hidden width is n_feat // adm_reduction
+    adm_temperature: float = 30.0  # softmax temperature of the attention dropout module
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.scale}")
+        if self.non_attention_kernel not in (1, 3):
+            raise ValueError(
+                f"non_attention_kernel must be 1 or 3, got {self.non_attention_kernel}"
+            )
+        for name in ("n_feat", "n_up_feat", "n_blocks", "adm_reduction"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_feat // self.adm_reduction < 1:
+            raise ValueError("n_feat // adm_reduction must be at least 1")
+        if self.rgb_range <= 0 or self.adm_temperature <= 0:
+            raise ValueError("rgb_range and adm_temperature must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> A2NConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown A2NConfig keys: {unknown}")
+        return cls(**d)
+
+
+def _lrelu(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, negative_slope=0.2)
+
+
+class PA(nn.Module):
+    """Pixel attention: a 1x1 conv and sigmoid give a per-pixel, per-channel gate."""
+
+    def __init__(self, nf: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(nf, nf, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.conv(x))
+
+
+class AttentionBranch(nn.Module):
+    def __init__(self, nf: int) -> None:
+        super().__init__()
+        self.k1 = nn.Conv2d(nf, nf, 3, padding=1, bias=False)
+        self.k2 = nn.Conv2d(nf, nf, 1)
+        self.k3 = nn.Conv2d(nf, nf, 3, padding=1, bias=False)
+        self.k4 = nn.Conv2d(nf, nf, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = torch.sigmoid(self.k2(_lrelu(self.k1(x))))  # (B, C, H, W)
+        out: torch.Tensor = self.k4(self.k3(x) * mask)  # (B, C, H, W)
+        return out
+
+
+class AAB(nn.Module):
+    """Attention-in-attention block: the ADM weighs an attention and a non-attention branch."""
+
+    def __init__(
+        self, nf: int, reduction: int, temperature: float, non_attention_kernel: int
+    ) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.conv_first = nn.Conv2d(nf, nf, 1, bias=False)
+        # Attention dropout module; indices 0 and 2 are the published key names.
+        self.ADM = nn.Sequential(
+            nn.Linear(nf, nf // reduction, bias=False),
+            nn.ReLU(),
+            nn.Linear(nf // reduction, 2, bias=False),
+        )
+        self.attention = AttentionBranch(nf)
+        k = non_attention_kernel
+        self.non_attention = nn.Conv2d(nf, nf, k, padding=(k - 1) // 2, bias=False)
+        self.conv_last = nn.Conv2d(nf, nf, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _lrelu(self.conv_first(x))  # (B, C, H, W)
+        pooled = y.mean(dim=(2, 3))  # (B, C)
+        w = F.softmax(self.ADM(pooled) / self.temperature, dim=1)  # (B, 2)
+        w_att = w[:, 0].view(-1, 1, 1, 1)
+        w_non = w[:, 1].view(-1, 1, 1, 1)
+        mixed = self.attention(y) * w_att + self.non_attention(y) * w_non  # (B, C, H, W)
+        out: torch.Tensor = self.conv_last(_lrelu(mixed)) + x  # (B, C, H, W)
+        return out
+
+
+class A2N(nn.Module):
+    def __init__(self, config: A2NConfig | None = None) -> None:
+        super().__init__()
+        cfg = config if config is not None else A2NConfig()
+        self.config = cfg
+        nf, unf = cfg.n_feat, cfg.n_up_feat
+        self.conv_first = nn.Conv2d(3, nf, 3, padding=1)
+        self.AAB_trunk = nn.Sequential(
+            *(
+                AAB(nf, cfg.adm_reduction, cfg.adm_temperature, cfg.non_attention_kernel)
+                for _ in range(cfg.n_blocks)
+            )
+        )
+        self.trunk_conv = nn.Conv2d(nf, nf, 3, padding=1)
+        self.upconv1 = nn.Conv2d(nf, unf, 3, padding=1)
+        self.att1 = PA(unf)
+        self.HRconv1 = nn.Conv2d(unf, unf, 3, padding=1)
+        if cfg.scale == 4:
+            self.upconv2 = nn.Conv2d(unf, unf, 3, padding=1)
+            self.att2 = PA(unf)
+            self.HRconv2 = nn.Conv2d(unf, unf, 3, padding=1)
+        self.conv_last = nn.Conv2d(unf, 3, 3, padding=1)
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    @staticmethod
+    def _up_step(
+        fea: torch.Tensor, factor: int, upconv: nn.Module, att: nn.Module, hrconv: nn.Module
+    ) -> torch.Tensor:
+        fea = F.interpolate(fea, scale_factor=factor, mode="nearest")  # (B, C, H*f, W*f)
+        fea = _lrelu(att(upconv(fea)))  # (B, unf, H*f, W*f)
+        return _lrelu(hrconv(fea))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> (B, 3, H*s, W*s) RGB in [0, 1], not clamped."""
+        s = self.config.scale
+        x = x * self.config.rgb_range  # (B, 3, H, W) on 0..rgb_range
+        fea = self.conv_first(x)  # (B, nf, H, W)
+        fea = fea + self.trunk_conv(self.AAB_trunk(fea))  # (B, nf, H, W)
+        if s == 4:
+            fea = self._up_step(fea, 2, self.upconv1, self.att1, self.HRconv1)  # (B, unf, 2H, 2W)
+            fea = self._up_step(fea, 2, self.upconv2, self.att2, self.HRconv2)  # (B, unf, 4H, 4W)
+        else:
+            fea = self._up_step(fea, s, self.upconv1, self.att1, self.HRconv1)  # (B, unf, sH, sW)
+        out: torch.Tensor = self.conv_last(fea)  # (B, 3, H*s, W*s)
+        # (B, 3, H*s, W*s): the network learns the residual over a bilinear upsampling
+        base = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        return (out + base) / self.config.rgb_range
+
+
+_UPSAMPLER_KEY = re.compile(r"^(upconv\d+|att\d+|HRconv\d+|conv_last)\.")
+
+
+def is_upsampler_key(key: str) -> bool:
+    """True for the scale-specific keys (the reconstruction), false for the trunk."""
+    return _UPSAMPLER_KEY.match(key) is not None
