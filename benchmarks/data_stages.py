@@ -1,0 +1,80 @@
+"""Throughput and memory of ingest, tile and pack on generated 1920x1080 images.
+
+    python benchmarks/data_stages.py --n 400        # the issue's scale; about 20 min on 2 cores
+    python benchmarks/data_stages.py --n 40         # a quick look
+
+Prints one table: seconds, images/s and tiles/s per stage, and the peak RSS of the process
+(which runs all three stages, so the peak bounds each of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stages import ingest, pack, tile
+from stages.demo import write_images
+from stages.params import IngestParams, PackParams, TileParams
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=400, help="images (default: %(default)s)")
+    ap.add_argument("--width", type=int, default=1920)
+    ap.add_argument("--height", type=int, default=1080)
+    ap.add_argument("--workdir", type=Path, help="keep the files here instead of a temp folder")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.workdir or Path(tmp)
+        t0 = time.perf_counter()
+        write_images(root / "scrape", args.n, seed=100, width=args.width, height=args.height)
+        gen_s = time.perf_counter() - t0
+        rss_after_gen = peak_rss_mib()
+        rows = []
+        t = time.perf_counter()
+        s = ingest.run(IngestParams(near_dup_distance=0), root / "scrape", root / "ingested")
+        rows.append(("ingest", time.perf_counter() - t, s["ok"], None))
+        t = time.perf_counter()
+        s = tile.run(TileParams(), root / "ingested", root / "tiles")
+        n_tiles = s["tiles_train"] + s["tiles_val"]
+        rows.append(("tile", time.perf_counter() - t, s["images"], n_tiles))
+        t = time.perf_counter()
+        s = pack.run(PackParams(), root / "ingested", root / "tiles", root / "packed", progress=False)
+        rows.append(("pack", time.perf_counter() - t, None, s["tiles_train"] + s["tiles_val"]))
+    print(f"machine: {_cpu()}, python {platform.python_version()}")
+    print(f"{args.n} generated {args.width}x{args.height} images ({gen_s:.1f} s to generate)\n")
+    print("| stage  | seconds | images/s | tiles/s |")
+    print("| ---    | ---:    | ---:     | ---:    |")
+    for name, secs, imgs, tiles in rows:
+        ips = f"{imgs / secs:.2f}" if imgs else "-"
+        tps = f"{tiles / secs:.1f}" if tiles else "-"
+        print(f"| {name:<6} | {secs:7.1f} | {ips:>8} | {tps:>7} |")
+    print(f"\npeak RSS: {peak_rss_mib():.0f} MiB (after generating the images: {rss_after_gen:.0f} MiB)")
+    return 0
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                import os
+
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
