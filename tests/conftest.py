@@ -18,6 +18,8 @@ os.environ.update(
         "DVC_NO_ANALYTICS": "1",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "GIT_PYTHON_REFRESH": "quiet",
+        # torch's OpenMP threads spin while they wait; on a loaded 2-core machine that costs 40x
+        "OMP_WAIT_POLICY": "PASSIVE",
     }
 )
 

@@ -1,0 +1,365 @@
+"""Helpers for ``stages.train``: devices and DDP, resuming, loss, validation, history files, pictures.
+
+Nothing here keeps state between calls; ``stages.train.run`` reads top to bottom and calls in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import logging
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+
+from models.a2n import A2N, A2NConfig
+from models.checkpoint import load_body, load_model, read_checkpoint
+from stages.dataset import TileDataset
+from stages.fsutil import atomic_path, sha256_file, write_text
+from stages.metrics import psnr_y_torch, quantize, ssim_y_torch
+from stages.params import TrainParams, as_dict
+
+log = logging.getLogger(__name__)
+
+CPU_BF16_ENV = "REMASTER_CPU_BF16"
+VAL_BATCH = 4  # whole val tiles per forward pass
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Where this process trains: its device, precision and place in a DDP group."""
+
+    device: torch.device
+    bf16: bool  # bf16 autocast (always on GPU; on CPU only with REMASTER_CPU_BF16=1)
+    channels_last: bool  # model and batches in NHWC memory order
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def precision(self) -> str:
+        return ("bf16 autocast" if self.bf16 else "fp32") + (" channels_last" if self.channels_last else "")
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def __str__(self) -> str:
+        group = f", rank {self.rank} of {self.world}" if self.world > 1 else ""
+        return f"{self.device} ({self.precision}{group})"
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def runtime() -> Iterator[Runtime]:
+    """CUDA if there is one, else the CPU; a DDP group when torchrun set WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        bf16 = channels_last = True
+    else:
+        device = torch.device("cpu")
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        # every core, shared among this machine's ranks, unless OMP_NUM_THREADS says otherwise
+        threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_world))
+        # channels_last: 1.5x faster fp32 training here (benchmarks/train_throughput.py)
+        bf16, channels_last = os.environ.get(CPU_BF16_ENV, "") == "1", True
+    owns_group = world > 1 and not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield Runtime(device, bf16, channels_last, rank, world)
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+# --- configuration and resuming ------------------------------------------------------------
+
+# Keys that do not change what the run computes step by step: a last.pt saved under other
+# values still resumes (a step-schedule run can be extended by raising `iterations`).
+_NOT_HPARAMS = ("iterations", "val_every", "workers")
+
+
+def model_config(p: TrainParams) -> A2NConfig:
+    m = p.model
+    return A2NConfig(
+        scale=p.scale,
+        n_feat=m.n_feat,
+        n_up_feat=m.n_up_feat,
+        n_blocks=m.n_blocks,
+        non_attention_kernel=1 if m.a2n_m else 3,
+    )
+
+
+def data_hash(path: Path) -> str:
+    """The packed file's ``manifest_hash`` attribute (or, lacking one, its SHA-256)."""
+    with h5py.File(path, "r") as f:
+        value = f.attrs.get("manifest_hash")
+    if value is None:
+        log.warning("%s has no manifest_hash attribute; hashing the file instead", path)
+        return sha256_file(path)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def hparams(p: TrainParams, world: int) -> dict[str, Any]:
+    """What must match for a last.pt to resume (cosine's horizon is `iterations` itself)."""
+    hp = {k: v for k, v in as_dict(p).items() if k not in _NOT_HPARAMS}
+    if p.schedule == "cosine":
+        hp["iterations"] = p.iterations
+    hp["world_size"] = world
+    return hp
+
+
+def make_scheduler(opt: torch.optim.Optimizer, p: TrainParams) -> torch.optim.lr_scheduler.LRScheduler:
+    if p.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=p.lr_step, gamma=p.lr_gamma)
+    if p.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.iterations, eta_min=0.0)
+    raise ValueError(f"train.schedule must be step or cosine, got {p.schedule!r}")
+
+
+@dataclasses.dataclass
+class History:
+    """The run so far; saved in last.pt's ``extra`` so that a resumed run continues it."""
+
+    step: int = 0
+    loss: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (loss, lr) of step i + 1
+    val: list[list[float]] = dataclasses.field(default_factory=list)  # [step, psnr_y, ssim_y]
+    best: list[float] = dataclasses.field(default_factory=lambda: [0, -math.inf, 0.0])  # step, psnr, ssim
+    bicubic: tuple[float, float] | None = None
+    train_seconds: float = 0.0  # in the training loop, over all invocations
+    seconds: float = 0.0  # wall time, validation included, over all invocations
+    run_ids: list[str] = dataclasses.field(default_factory=list)  # tracking runs that contributed
+
+    def to_extra(self) -> dict[str, Any]:
+        extra = dataclasses.asdict(self)
+        extra["loss"] = torch.tensor(self.loss, dtype=torch.float64).reshape(-1, 2)  # (steps, 2)
+        return extra
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> History:
+        hist = cls(**{f.name: extra[f.name] for f in dataclasses.fields(cls)})
+        hist.loss = [(loss, lr) for loss, lr in extra["loss"].tolist()]
+        if len(hist.loss) != hist.step:
+            raise ValueError(f"the loss history has {len(hist.loss)} rows for step {hist.step}")
+        return hist
+
+    def summary(self, samples_per_step: int) -> dict[str, Any]:
+        last = self.val[-1] if self.val else [self.step, None, None]
+        bic = self.bicubic or (None, None)
+        return {
+            "step": self.step,
+            "psnr_y": last[1],
+            "ssim_y": last[2],
+            "best_step": int(self.best[0]),
+            "best_psnr_y": self.best[1] if self.val else None,
+            "best_ssim_y": self.best[2] if self.val else None,
+            "bicubic_psnr_y": bic[0],
+            "bicubic_ssim_y": bic[1],
+            "seconds": round(self.seconds, 2),
+            "samples_per_s": round(self.step * samples_per_step / max(self.train_seconds, 1e-9), 3),
+        }
+
+
+def resumable(
+    last: Path, cfg: A2NConfig, hashes: tuple[str, str], hp: dict[str, Any]
+) -> tuple[dict[str, Any], History] | None:
+    """last.pt's contents and history if this run may continue it; else None, reason logged."""
+    if not last.exists():
+        return None
+    try:
+        ckpt = read_checkpoint(last)
+        e = ckpt["extra"]
+        saved = {
+            "config": ckpt["config"],
+            "data hash": (ckpt["data_hash"], e.get("val_hash")),
+            "hparams": e.get("hparams"),
+        }
+        hist = History.from_extra(e)
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("cannot resume from %s (%s); starting fresh", last, err)
+        return None
+    now = {"config": cfg.to_dict(), "data hash": hashes, "hparams": hp}
+    changed = [k for k in now if saved[k] != now[k]]
+    if changed:
+        if saved["hparams"] != hp and isinstance(saved["hparams"], dict):
+            diff = sorted(k for k in {*hp, *saved["hparams"]} if hp.get(k) != saved["hparams"].get(k))
+            changed[changed.index("hparams")] = f"hparams ({', '.join(diff)})"
+        log.warning("not resuming from %s: its %s differ(s); starting fresh", last, " and ".join(changed))
+        return None
+    return ckpt, hist
+
+
+# --- loss and model --------------------------------------------------------------------------
+
+
+def charbonnier(sr: torch.Tensor, hr: torch.Tensor, eps: float) -> torch.Tensor:
+    """mean(sqrt((sr - hr)^2 + eps^2)): an L1 that is smooth at zero."""
+    return torch.sqrt((sr - hr) ** 2 + eps * eps).mean()
+
+
+def init_from(model: A2N, path: str | Path) -> str:
+    """Load our checkpoint at ``path`` into ``model``: all of it, or the trunk across scales."""
+    src, src_cfg, _ = load_model(path)
+    cfg = model.config
+    if src_cfg.scale == cfg.scale:
+        if src_cfg != cfg:
+            raise ValueError(f"--init {path}: its config {src_cfg} differs from {cfg}")
+        model.load_state_dict(src.state_dict())
+        return "all weights"
+    load_body(model, src.state_dict())
+    return f"the trunk only (x{src_cfg.scale} -> x{cfg.scale}: the upsampler starts fresh)"
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def _batches(tiles: TileDataset) -> Any:
+    for i in range(0, len(tiles), VAL_BATCH):
+        pairs = [tiles[j] for j in range(i, min(i + VAL_BATCH, len(tiles)))]
+        yield torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, H*s, W*s), clamped to [0, 1]."""
+    up = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+    return up.clamp(0.0, 1.0)
+
+
+def bicubic_scores(tiles: TileDataset, scale: int) -> tuple[float, float]:
+    """Mean Y-PSNR and Y-SSIM of plain bicubic upscaling over the val tiles."""
+    psnr, ssim = [], []
+    for lr, hr in _batches(tiles):
+        up = bicubic(lr, scale)
+        psnr.append(psnr_y_torch(up, hr, scale))
+        ssim.append(ssim_y_torch(up, hr, scale))
+    return float(torch.cat(psnr).mean()), float(torch.cat(ssim).mean())
+
+
+@torch.inference_mode()
+def upscale(model: torch.nn.Module, lr: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """(B, 3, H, W) on the CPU -> (B, 3, H*s, W*s) float32 on the CPU, unclamped."""
+    x = rt.to_device(lr)
+    with rt.autocast():
+        sr = model(x)
+    return sr.float().cpu().contiguous()
+
+
+def validate(model: torch.nn.Module, tiles: TileDataset, scale: int, rt: Runtime) -> tuple[float, float]:
+    """Mean Y-PSNR and Y-SSIM of ``model`` over whole val tiles (border crop = scale)."""
+    was_training = model.training
+    model.eval()
+    psnr, ssim = [], []
+    try:
+        for lr, hr in _batches(tiles):
+            sr = upscale(model, lr, rt)
+            psnr.append(psnr_y_torch(sr, hr, scale))
+            ssim.append(ssim_y_torch(sr, hr, scale))
+    finally:
+        model.train(was_training)
+    return float(torch.cat(psnr).mean()), float(torch.cat(ssim).mean())
+
+
+# --- history files and pictures --------------------------------------------------------------
+
+
+def _csv(header: list[str], rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_history_csvs(plots_dir: Path, hist: History) -> list[Path]:
+    """loss.csv (step,loss,lr; row i is step i+1) and val.csv, rewritten whole and atomically."""
+    loss_rows = [[i + 1, f"{loss:.6g}", f"{lr:.6g}"] for i, (loss, lr) in enumerate(hist.loss)]
+    b = hist.bicubic or (math.nan, math.nan)
+    val_rows = [[int(s), f"{p:.4f}", f"{q:.5f}", f"{b[0]:.4f}", f"{b[1]:.5f}"] for s, p, q in hist.val]
+    loss_csv, val_csv = plots_dir / "loss.csv", plots_dir / "val.csv"
+    write_text(loss_csv, _csv(["step", "loss", "lr"], loss_rows))
+    header = ["step", "psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y"]
+    write_text(val_csv, _csv(header, val_rows))
+    return [loss_csv, val_csv]
+
+
+def write_curve_pngs(plots_dir: Path, hist: History) -> list[Path]:
+    """loss.png and psnr.png; none (and a note in the log) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed: the curves are in loss.csv and val.csv only")
+        return []
+    out = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(range(1, len(hist.loss) + 1), [loss for loss, _ in hist.loss], lw=0.8)
+    ax.set(xlabel="step", ylabel="Charbonnier loss", yscale="log", title="training loss")
+    out.append(plots_dir / "loss.png")
+    _save_fig(fig, out[-1])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([v[0] for v in hist.val], [v[1] for v in hist.val], marker="o", label="A2N")
+    if hist.bicubic:
+        ax.axhline(hist.bicubic[0], color="grey", ls="--", label="bicubic")
+    ax.set(xlabel="step", ylabel="Y-PSNR (dB)", title="validation")
+    ax.legend()
+    out.append(plots_dir / "psnr.png")
+    _save_fig(fig, out[-1])
+    return out
+
+
+def _save_fig(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W, 3) uint8."""
+    return (quantize(x) * 255.0).round().byte().permute(1, 2, 0).numpy()
+
+
+def write_sample_png(path: Path, model: torch.nn.Module, tiles: TileDataset, scale: int, rt: Runtime) -> Path:
+    """LR (nearest) | bicubic | A2N | HR of the first val tile, side by side."""
+    lr, hr = tiles[0]
+    sr = upscale(model.eval(), lr[None], rt)[0]
+    nearest = lr.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    panels = [nearest, bicubic(lr[None], scale)[0], sr, hr]
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.concatenate([_to_uint8(p) for p in panels], axis=1)).save(tmp, "PNG")
+    return path
