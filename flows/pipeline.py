@@ -18,10 +18,10 @@ from stages.params import load_params
 from stages.tracking import Tracker, make_tracker
 
 # Trackers hold clients that cannot be hashed, so Prefect's input caching is off for these tasks.
-ingest_task = task(ingest.run, name="ingest", cache_policy=NO_CACHE)
-tile_task = task(tile.run, name="tile", cache_policy=NO_CACHE)
-pack_task = task(pack.run, name="pack", cache_policy=NO_CACHE)
-train_task = task(train.run, name="train", cache_policy=NO_CACHE, tags=["gpu"])
+ingest_task = task(name="ingest", cache_policy=NO_CACHE)(ingest.run)
+tile_task = task(name="tile", cache_policy=NO_CACHE)(tile.run)
+pack_task = task(name="pack", cache_policy=NO_CACHE)(pack.run)
+train_task = task(name="train", cache_policy=NO_CACHE, tags=["gpu"])(train.run)
 
 
 @flow(name="train-pipeline", log_prints=True)

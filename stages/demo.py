@@ -27,8 +27,23 @@ log = logging.getLogger(__name__)
 
 SS = 2  # supersampling factor: draw big, LANCZOS down, so edges are anti-aliased
 INK = (24, 18, 28)
-_WORDS = ["EPISODE", "NEXT TIME", "TO BE CONTINUED", "CAFE", "HOTEL", "NO.", "STATION",
-          "SCHOOL", "OPEN", "MEMORIES", "SPIRIT", "STAR", "DREAM", "SUMMER", "TOKYO"]
+_WORDS = [
+    "EPISODE",
+    "NEXT TIME",
+    "TO BE CONTINUED",
+    "CAFE",
+    "HOTEL",
+    "NO.",
+    "STATION",
+    "SCHOOL",
+    "OPEN",
+    "MEMORIES",
+    "SPIRIT",
+    "STAR",
+    "DREAM",
+    "SUMMER",
+    "TOKYO",
+]
 _FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "bmp": "BMP"}
 
 RGB = tuple[int, int, int]
@@ -95,8 +110,8 @@ def _background(rng: random.Random, w: int, h: int, s: int) -> Image.Image:
     """Sky gradient, sun/moon, clouds, hills, buildings and ground, at scale ``s``."""
     hue, night = rng.random(), rng.random() < 0.3
     v = 0.35 if night else 0.95
-    top = _hsv(hue + rng.uniform(-.1, .1), rng.uniform(.3, .9), v * rng.uniform(.5, .9))
-    img = _gradient(w, h, top, _hsv(hue + rng.uniform(.05, .3), rng.uniform(.1, .6), v))
+    top = _hsv(hue + rng.uniform(-0.1, 0.1), rng.uniform(0.3, 0.9), v * rng.uniform(0.5, 0.9))
+    img = _gradient(w, h, top, _hsv(hue + rng.uniform(0.05, 0.3), rng.uniform(0.1, 0.6), v))
     d = ImageDraw.Draw(img)
     horizon = int(h * rng.uniform(0.35, 0.75))
 
@@ -105,44 +120,46 @@ def _background(rng: random.Random, w: int, h: int, s: int) -> Image.Image:
 
     r = int(h * rng.uniform(0.04, 0.1))
     cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.08, 0.3) * h
-    sun = _hsv(rng.uniform(.1, .17), .3 if night else .7, 1)
+    sun = _hsv(rng.uniform(0.1, 0.17), 0.3 if night else 0.7, 1)
     d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=sun)
     for _ in range(rng.randint(0, 5)):  # clouds: clusters of flat ellipses
         x, y, cw = rng.uniform(0, w), rng.uniform(0.05, 0.4) * horizon, rng.uniform(0.05, 0.15) * w
         fill, ow = _shade((250, 250, 255), 0.5 if night else 1.0), lw()
-        blobs = [(x + rng.uniform(-1, 1) * cw, y + rng.uniform(-.2, .2) * cw,
-                  rng.uniform(.3, .6) * cw) for _ in range(rng.randint(2, 4))]
+        blobs = [
+            (x + rng.uniform(-1, 1) * cw, y + rng.uniform(-0.2, 0.2) * cw, rng.uniform(0.3, 0.6) * cw)
+            for _ in range(rng.randint(2, 4))
+        ]
         for bx, by, br in blobs:
-            d.ellipse([bx - br, by - br * .6, bx + br, by + br * .6], outline=INK, width=ow)
+            d.ellipse([bx - br, by - br * 0.6, bx + br, by + br * 0.6], outline=INK, width=ow)
         for bx, by, br in blobs:  # fills after all outlines, so the cluster reads as one cloud
-            if br * .6 > ow:
-                d.ellipse([bx - br + ow, by - br * .6 + ow, bx + br - ow, by + br * .6 - ow], fill)
+            if br * 0.6 > ow:
+                d.ellipse([bx - br + ow, by - br * 0.6 + ow, bx + br - ow, by + br * 0.6 - ow], fill)
     for layer in range(rng.randint(1, 3)):  # hills, far to near: two-tone cel shading
         base = horizon - int(h * rng.uniform(0.0, 0.25)) + layer * int(h * 0.05)
         n = rng.randint(3, 9)
         pts = [(i * w / n, base - rng.uniform(0, 0.25) * h) for i in range(n + 1)]
         pts = [(-10.0, float(h)), *pts, (w + 10.0, float(h))]
-        col = _hsv(hue + rng.uniform(.2, .6), rng.uniform(.3, .8), rng.uniform(.35, .75) * v + .1)
+        col = _hsv(hue + rng.uniform(0.2, 0.6), rng.uniform(0.3, 0.8), rng.uniform(0.35, 0.75) * v + 0.1)
         _outlined(d, pts, col, lw())
-        shadow = [*pts[: len(pts) // 2 + 1], (w * .3, float(h))]  # lies inside the hill
+        shadow = [*pts[: len(pts) // 2 + 1], (w * 0.3, float(h))]  # lies inside the hill
         d.polygon(shadow, fill=_shade(col, 0.75))
         if rng.random() < 0.6:
             mask = Image.new("L", (w, h), 0)
             ImageDraw.Draw(mask).polygon(shadow, fill=255)
             _hatch(img, mask, rng, _shade(col, 0.5), s)
         d.line(pts, fill=INK, width=lw(), joint="curve")
-    ground_col = _hsv(hue + rng.uniform(.2, .5), rng.uniform(.3, .7), .5 * v + .1)
+    ground_col = _hsv(hue + rng.uniform(0.2, 0.5), rng.uniform(0.3, 0.7), 0.5 * v + 0.1)
     d.rectangle([0, horizon, w, h], fill=ground_col)
     d.line([(0, horizon), (w, horizon)], fill=INK, width=lw())
     x = rng.uniform(-0.1, 0.3) * w
     while x < w and rng.random() < 0.85:  # buildings along the horizon
         bw, bh = rng.uniform(0.06, 0.18) * w, rng.uniform(0.1, 0.45) * h
-        col = _hsv(rng.random(), rng.uniform(.1, .6), rng.uniform(.4, .9) * v + .05)
+        col = _hsv(rng.random(), rng.uniform(0.1, 0.6), rng.uniform(0.4, 0.9) * v + 0.05)
         box = [x, horizon - bh, x + bw, horizon]
         d.rectangle(box, fill=col, outline=INK, width=lw())
-        d.rectangle([x + bw * .65, horizon - bh, x + bw, horizon], fill=_shade(col, .7))
-        d.line([(x + bw * .65, horizon - bh), (x + bw * .65, horizon)], fill=INK, width=s)
-        win = _hsv(.14, .5, 1) if night else _shade(col, .55)
+        d.rectangle([x + bw * 0.65, horizon - bh, x + bw, horizon], fill=_shade(col, 0.7))
+        d.line([(x + bw * 0.65, horizon - bh), (x + bw * 0.65, horizon)], fill=INK, width=s)
+        win = _hsv(0.14, 0.5, 1) if night else _shade(col, 0.55)
         for wy in np.arange(horizon - bh + 10 * s, horizon - 16 * s, 14 * s * rng.uniform(1, 2)):
             for wx in np.arange(x + 6 * s, x + bw - 12 * s, 12 * s * rng.uniform(1, 2)):
                 d.rectangle([wx, wy, wx + 6 * s, wy + 7 * s], fill=win)
@@ -152,46 +169,59 @@ def _background(rng: random.Random, w: int, h: int, s: int) -> Image.Image:
     ground = Image.new("L", (w, h), 0)
     ImageDraw.Draw(ground).rectangle([0, min(horizon + lw(), h), w, h], fill=255)
     if rng.random() < 0.5:
-        _hatch(img, ground, rng, _shade(_hsv(hue + .3, .5, .5 * v), .6), s)
+        _hatch(img, ground, rng, _shade(_hsv(hue + 0.3, 0.5, 0.5 * v), 0.6), s)
     return img
 
 
-def _character(d: ImageDraw.ImageDraw, rng: random.Random, cx: float, cy: float, size: float,
-               s: int, eyes_open: float = 1.0) -> None:
+def _character(
+    d: ImageDraw.ImageDraw,
+    rng: random.Random,
+    cx: float,
+    cy: float,
+    size: float,
+    s: int,
+    eyes_open: float = 1.0,
+) -> None:
     """Stylised head-and-shoulders: hair spikes, face, big eyes, body. Consumes a fixed
     amount of ``rng`` regardless of ``eyes_open`` so blink frames share the same look."""
-    skin = _hsv(rng.uniform(.03, .09), rng.uniform(.15, .35), rng.uniform(.85, 1))
-    hair = _hsv(rng.random(), rng.uniform(.4, 1), rng.uniform(.3, 1))
-    iris = _hsv(rng.random(), .8, .8)
-    cloth = _hsv(rng.random(), rng.uniform(.4, .9), rng.uniform(.4, .9))
+    skin = _hsv(rng.uniform(0.03, 0.09), rng.uniform(0.15, 0.35), rng.uniform(0.85, 1))
+    hair = _hsv(rng.random(), rng.uniform(0.4, 1), rng.uniform(0.3, 1))
+    iris = _hsv(rng.random(), 0.8, 0.8)
+    cloth = _hsv(rng.random(), rng.uniform(0.4, 0.9), rng.uniform(0.4, 0.9))
     w, lw = size * rng.uniform(0.35, 0.5), max(2 * s, int(size * rng.uniform(0.012, 0.025)))
-    body = [(cx - w * 1.6, cy + size), (cx - w * .9, cy + w * .9), (cx + w * .9, cy + w * .9),
-            (cx + w * 1.6, cy + size)]
+    body = [
+        (cx - w * 1.6, cy + size),
+        (cx - w * 0.9, cy + w * 0.9),
+        (cx + w * 0.9, cy + w * 0.9),
+        (cx + w * 1.6, cy + size),
+    ]
     _outlined(d, body, cloth, lw)
     spikes = rng.randint(5, 11)
-    back = [(cx + w * 1.2 * np.cos(a), cy - w * .1 + w * 1.3 * np.sin(a) * (1.2 if k % 2 else .8))
-            for k, a in enumerate(np.linspace(np.pi * .9, np.pi * 2.1, spikes * 2))]
-    _outlined(d, [(cx - w * 1.1, cy + w * .7), *back, (cx + w * 1.1, cy + w * .7)], hair, lw)
+    back = [
+        (cx + w * 1.2 * np.cos(a), cy - w * 0.1 + w * 1.3 * np.sin(a) * (1.2 if k % 2 else 0.8))
+        for k, a in enumerate(np.linspace(np.pi * 0.9, np.pi * 2.1, spikes * 2))
+    ]
+    _outlined(d, [(cx - w * 1.1, cy + w * 0.7), *back, (cx + w * 1.1, cy + w * 0.7)], hair, lw)
     d.ellipse([cx - w, cy - w, cx + w, cy + w * 1.15], fill=skin, outline=INK, width=lw)
-    d.chord([cx - w, cy - w, cx + w, cy + w * 1.15], 300, 420, fill=_shade(skin, .85))
-    fringe = [(cx - w * 1.05, cy - w * .1)]
+    d.chord([cx - w, cy - w, cx + w, cy + w * 1.15], 300, 420, fill=_shade(skin, 0.85))
+    fringe = [(cx - w * 1.05, cy - w * 0.1)]
     for k in range(spikes):
-        fx, nx = cx - w + 2 * w * (k + .5) / spikes, cx - w + 2 * w * (k + 1) / spikes
-        fringe += [(fx, cy - w * rng.uniform(-.1, .3)), (nx, cy - w * .9)]
-    _outlined(d, [*fringe, (cx + w * 1.05, cy - w * .1), (cx, cy - w * 1.3)], hair, lw)
-    ew, eh, white = w * rng.uniform(.22, .3), w * rng.uniform(.3, .42), (255, 255, 255)
+        fx, nx = cx - w + 2 * w * (k + 0.5) / spikes, cx - w + 2 * w * (k + 1) / spikes
+        fringe += [(fx, cy - w * rng.uniform(-0.1, 0.3)), (nx, cy - w * 0.9)]
+    _outlined(d, [*fringe, (cx + w * 1.05, cy - w * 0.1), (cx, cy - w * 1.3)], hair, lw)
+    ew, eh, white = w * rng.uniform(0.22, 0.3), w * rng.uniform(0.3, 0.42), (255, 255, 255)
     for side in (-1, 1):
-        ex, ey = cx + side * w * .42, cy + w * .22
+        ex, ey = cx + side * w * 0.42, cy + w * 0.22
         if eyes_open > 0.2:
             h2 = eh * eyes_open
             d.ellipse([ex - ew, ey - h2, ex + ew, ey + h2], fill=white, outline=INK, width=lw)
-            d.ellipse([ex - ew * .7, ey - h2 * .8, ex + ew * .7, ey + h2 * .8], fill=iris)
-            d.ellipse([ex - ew * .3, ey - h2 * .3, ex + ew * .3, ey + h2 * .4], fill=INK)
-            d.ellipse([ex - ew * .5, ey - h2 * .6, ex - ew * .1, ey - h2 * .2], fill=white)
+            d.ellipse([ex - ew * 0.7, ey - h2 * 0.8, ex + ew * 0.7, ey + h2 * 0.8], fill=iris)
+            d.ellipse([ex - ew * 0.3, ey - h2 * 0.3, ex + ew * 0.3, ey + h2 * 0.4], fill=INK)
+            d.ellipse([ex - ew * 0.5, ey - h2 * 0.6, ex - ew * 0.1, ey - h2 * 0.2], fill=white)
         else:
-            d.arc([ex - ew, ey - eh * .4, ex + ew, ey + eh * .4], 10, 170, fill=INK, width=lw)
+            d.arc([ex - ew, ey - eh * 0.4, ex + ew, ey + eh * 0.4], 10, 170, fill=INK, width=lw)
         d.line([(ex - ew * 1.1, ey - eh * 1.3), (ex + ew, ey - eh * 1.45)], fill=INK, width=lw)
-    mouth = [(cx - w * .15, cy + w * .8), (cx + w * .15, cy + w * .78)]
+    mouth = [(cx - w * 0.15, cy + w * 0.8), (cx + w * 0.15, cy + w * 0.78)]
     d.line(mouth, fill=INK, width=max(s, lw // 2))
 
 
@@ -215,9 +245,9 @@ def generate_image(seed: int, width: int = 1280, height: int = 1024) -> Image.Im
         _character(d, random.Random(char_seed), cx, cy, size, SS)
     if rng.random() < 0.7:  # subtitle-style caption
         msg = f"{rng.choice(_WORDS)} {rng.randint(1, 99)}"
-        zoom, tx = SS * rng.randint(1, 3), int(w * rng.uniform(.05, .5))
-        _text(img, (tx + zoom, int(h * .9) + zoom), msg, INK, zoom)  # drop shadow
-        _text(img, (tx, int(h * .9)), msg, (255, 255, 255), zoom)
+        zoom, tx = SS * rng.randint(1, 3), int(w * rng.uniform(0.05, 0.5))
+        _text(img, (tx + zoom, int(h * 0.9) + zoom), msg, INK, zoom)  # drop shadow
+        _text(img, (tx, int(h * 0.9)), msg, (255, 255, 255), zoom)
     return _downsample(img, width, height)
 
 
@@ -247,8 +277,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def write_images(out_dir: Path, n: int, seed: int = 0, width: int = 1280, height: int = 1024,
-                 fmt: str = "png") -> list[Path]:
+def write_images(
+    out_dir: Path, n: int, seed: int = 0, width: int = 1280, height: int = 1024, fmt: str = "png"
+) -> list[Path]:
     """Write ``demo_{i:03d}.{fmt}`` for i in range(n); image i uses seed ``seed + i``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -276,8 +307,7 @@ def _frames(seconds: float, fps: int, width: int, height: int, seed: int) -> Ite
     sprites = []
     for eyes in (1.0, 0.0):  # premultiplied alpha so LANCZOS does not leak black fringes
         layer = Image.new("RGBA", box, (0, 0, 0, 0))
-        _character(ImageDraw.Draw(layer), random.Random(char_seed), box[0] / 2, box[1] * .4,
-                   size, SS, eyes)
+        _character(ImageDraw.Draw(layer), random.Random(char_seed), box[0] / 2, box[1] * 0.4, size, SS, eyes)
         small = (max(1, box[0] // SS), max(1, box[1] // SS))
         small_rgba = layer.convert("RGBa").resize(small, Image.Resampling.LANCZOS)
         sprites.append(small_rgba.convert("RGBA"))
@@ -287,13 +317,20 @@ def _frames(seconds: float, fps: int, width: int, height: int, seed: int) -> Ite
         t = i / max(1, n - 1)
         frame = bg.crop((int(pan * t), 0, int(pan * t) + width, height))
         sprite = sprites[1 if i % blink_every in (0, 1) else 0]
-        pos = (int(x0 + drift * t), int(cy / SS - sprite.height * .4 + 3 * np.sin(i * .7)))
+        pos = (int(x0 + drift * t), int(cy / SS - sprite.height * 0.4 + 3 * np.sin(i * 0.7)))
         frame.paste(sprite, pos, sprite)
         yield frame.tobytes()
 
 
-def write_clip(path: Path, seconds: float = 3.0, fps: int = 25, width: int = 576,
-               height: int = 432, seed: int = 0, ffmpeg: str = "ffmpeg") -> Path:
+def write_clip(
+    path: Path,
+    seconds: float = 3.0,
+    fps: int = 25,
+    width: int = 576,
+    height: int = 432,
+    seed: int = 0,
+    ffmpeg: str = "ffmpeg",
+) -> Path:
     """Encode an animated clip (H.264 yuv420p + AAC tone) reproducibly; atomic on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -301,16 +338,54 @@ def write_clip(path: Path, seconds: float = 3.0, fps: int = 25, width: int = 576
     mkv = path.suffix.lower() == ".mkv"
     tmp = _tmp_beside(path)  # the muxer is named with -f, so the .tmp suffix is fine
     tone = "0.2*sin(2*PI*440*t)+0.08*sin(2*PI*660*t)*sin(PI*t)"
-    cmd = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps),
-           "-i", "-",
-           "-f", "lavfi", "-i", f"aevalsrc={tone}|{tone}:s=48000:d={n / fps}",
-           "-map", "0:v", "-map", "1:a",
-           "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-preset", "veryfast",
-           "-threads:v", "1",  # multi-threaded x264 output varies run to run and by core count
-           "-c:a", "aac", "-b:a", "128k",
-           "-map_metadata", "-1", "-fflags", "+bitexact",
-           "-flags:v", "+bitexact", "-flags:a", "+bitexact"]
+    cmd = [
+        ffmpeg,
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        "-f",
+        "lavfi",
+        "-i",
+        f"aevalsrc={tone}|{tone}:s=48000:d={n / fps}",
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-crf",
+        "18",
+        "-preset",
+        "veryfast",
+        "-threads:v",
+        "1",  # multi-threaded x264 output varies run to run and by core count
+        "-c:a",
+        "aac",
+        "-b:a",
+        "128k",
+        "-map_metadata",
+        "-1",
+        "-fflags",
+        "+bitexact",
+        "-flags:v",
+        "+bitexact",
+        "-flags:a",
+        "+bitexact",
+    ]
     cmd += ["-f", "matroska"] if mkv else ["-movflags", "+faststart", "-f", "mp4"]
     cmd.append(str(tmp))
     log.info("encoding %d frames %dx%d@%d -> %s", n, width, height, fps, path)

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -159,7 +160,8 @@ def _read_manifest(path: Path) -> dict[str, Record]:
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     ints = {"width", "height", "size", "mtime_ns"}
-    return {r["source"]: Record(**{k: int(v) if k in ints else v for k, v in r.items()}) for r in rows}
+    parsed: list[dict[str, Any]] = [{k: int(v) if k in ints else v for k, v in r.items()} for r in rows]
+    return {r["source"]: Record(**r) for r in parsed}
 
 
 def _deduplicate(records: list[Record], max_distance: int) -> list[Record]:

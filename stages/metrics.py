@@ -141,9 +141,7 @@ def rgb_to_y_torch(x: torch.Tensor) -> torch.Tensor:
     return 16.0 + r * x[:, 0] + g * x[:, 1] + b * x[:, 2]
 
 
-def _prepare_torch(
-    sr: torch.Tensor, hr: torch.Tensor, crop: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepare_torch(sr: torch.Tensor, hr: torch.Tensor, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Both as cropped (B, H', W') float64 luma; sr quantised first."""
     if sr.shape != hr.shape:
         raise ValueError(f"shape mismatch: sr {tuple(sr.shape)} vs hr {tuple(hr.shape)}")

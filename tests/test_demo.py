@@ -75,8 +75,7 @@ def test_anime_check_rejects_noise() -> None:
 
 def test_edges_are_antialiased() -> None:
     # supersampled drawing leaves intermediate tones, not just the palette colours
-    _, counts = np.unique(np.asarray(demo.generate_image(3, W, H)).reshape(-1, 3), axis=0,
-                          return_counts=True)
+    _, counts = np.unique(np.asarray(demo.generate_image(3, W, H)).reshape(-1, 3), axis=0, return_counts=True)
     assert len(counts) > 500
 
 
@@ -110,9 +109,20 @@ def test_write_images_rejects_unknown_format(tmp_path: Path) -> None:
 
 def _probe(path: Path) -> dict[str, Any]:
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-print_format", "json",
-         "-show_streams", "-show_format", str(path)],
-        check=True, capture_output=True, text=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-print_format",
+            "json",
+            "-show_streams",
+            "-show_format",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     info: dict[str, Any] = json.loads(out)
     return info
@@ -153,9 +163,24 @@ def test_write_clip_failure_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_cli(tmp_path: Path) -> None:
-    rc = demo.main(["--params", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "imgs"),
-                    "-S", "demo.n_images=2", "-S", "demo.width=64", "-S", "demo.height=48",
-                    "--clip", str(tmp_path / "c.mp4"), "-S", "demo.clip_seconds=0.2"])
+    rc = demo.main(
+        [
+            "--params",
+            str(tmp_path / "none.yaml"),
+            "--out",
+            str(tmp_path / "imgs"),
+            "-S",
+            "demo.n_images=2",
+            "-S",
+            "demo.width=64",
+            "-S",
+            "demo.height=48",
+            "--clip",
+            str(tmp_path / "c.mp4"),
+            "-S",
+            "demo.clip_seconds=0.2",
+        ]
+    )
     assert rc == 0
     names = sorted(p.name for p in (tmp_path / "imgs").iterdir())
     assert names == ["demo_000.png", "demo_001.png"]

@@ -35,7 +35,7 @@ def test_split_is_by_image_and_stable() -> None:
     hashes = [f"{i:04x}" for i in range(20)]
     val = tile.split_images(hashes, 0.2, seed=0)
     assert len(val) == 4
-    grown = tile.split_images(hashes + ["ffff", "eeee", "dddd", "cccc", "bbbb"], 0.2, seed=0)
+    grown = tile.split_images([*hashes, "ffff", "eeee", "dddd", "cccc", "bbbb"], 0.2, seed=0)
     assert len(grown) == 5 and len(val - grown) <= 1
     assert tile.split_images(hashes, 0.2, seed=1) != val
     assert tile.split_images(hashes[:1], 0.5, seed=0) == set()

@@ -1,0 +1,127 @@
+"""The pipeline's three faces on tiny data: the CLI, `dvc repro`, and the Prefect flow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "demo": {"n_images": 3, "width": 560, "height": 520, "seed": 1, "clip_seconds": 0.4},
+    "ingest": {"min_side": 500},
+    "tile": {"size": 240, "stride": 160, "val_fraction": 0.34},
+    "train": {
+        "iterations": 4,
+        "batch_size": 2,
+        "hr_crop": 64,
+        "val_every": 2,
+        "model": {"n_feat": 8, "n_up_feat": 8, "n_blocks": 1},
+    },
+    "tracking": {"enabled": False},
+}
+
+
+def _tiny_params(path: Path) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        for key, value in values.items():
+            params[section][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def test_cli_lists_the_stages() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for name in ("demo", "ingest", "tile", "pack", "train", "pipeline"):
+        assert f"  {name}" in out
+    bad = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "nope"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "unknown command 'nope'" in bad.stderr
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh copy of the project's tracked files in its own git repository."""
+    files = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
+    dest = tmp_path / "project"
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    _tiny_params(dest / "params.yaml")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_demo_end_to_end_then_has_nothing_to_do(project: Path) -> None:
+    def dvc(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "dvc"), *args], cwd=project, env=_env(), capture_output=True, text=True
+        )
+
+    run = dvc("repro", "pack")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for stage in ("demo", "ingest", "tile", "pack"):
+        assert f"Running stage '{stage}'" in run.stdout
+    assert "Running stage 'train'" not in run.stdout
+    with h5py.File(project / "data/packed/train.h5") as f:
+        # 3 images of 560x520 -> 3 x 3 tiles of 240 each; one image of the three goes to val
+        assert f["hr"].shape == (18, 240, 240, 3)
+        assert f["lr_x4"].shape == (18, 60, 60, 3)
+    run = dvc("repro")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Running stage 'train'" in run.stdout and "Running stage 'pack'" not in run.stdout
+    again = dvc("repro")
+    assert again.returncode == 0
+    assert "Data and pipelines are up to date." in again.stdout
+    metrics = dvc("metrics", "show")
+    assert "psnr_y" in metrics.stdout and "bicubic_psnr_y" in metrics.stdout
+    plots = dvc("plots", "show", "-o", "dvc_plots")
+    assert plots.returncode == 0, plots.stderr
+    html = (project / "dvc_plots" / "index.html").read_text()
+    assert "Training loss" in html and "Validation Y-PSNR" in html
+
+
+@pytest.mark.slow
+def test_prefect_flow_runs_the_same_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import train_pipeline
+    from stages.demo import write_images
+
+    write_images(tmp_path / "scrape", 3, seed=1, width=560, height=520)
+    params = tmp_path / "params.yaml"
+    _tiny_params(params)
+    monkeypatch.chdir(tmp_path)
+    with prefect_test_harness(server_startup_timeout=180):
+        summary = train_pipeline(
+            str(params), [], str(tmp_path / "scrape"), str(tmp_path / "data"), str(tmp_path / "runs")
+        )
+    assert summary["ingest"]["ok"] == 3
+    assert summary["tile"]["tiles_train"] + summary["tile"]["tiles_val"] == 27
+    assert summary["pack"]["tiles_train"] == 18
+    assert summary["train"]["step"] == 4
+    assert (tmp_path / "runs" / "last.pt").exists()
