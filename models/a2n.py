@@ -35,9 +35,7 @@ class A2NConfig:
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {self.scale}")
         if self.non_attention_kernel not in (1, 3):
-            raise ValueError(
-                f"non_attention_kernel must be 1 or 3, got {self.non_attention_kernel}"
-            )
+            raise ValueError(f"non_attention_kernel must be 1 or 3, got {self.non_attention_kernel}")
         for name in ("n_feat", "n_up_feat", "n_blocks", "adm_reduction"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -90,9 +88,7 @@ class AttentionBranch(nn.Module):
 class AAB(nn.Module):
     """Attention-in-attention block: the ADM weighs an attention and a non-attention branch."""
 
-    def __init__(
-        self, nf: int, reduction: int, temperature: float, non_attention_kernel: int
-    ) -> None:
+    def __init__(self, nf: int, reduction: int, temperature: float, non_attention_kernel: int) -> None:
         super().__init__()
         self.temperature = temperature
         self.conv_first = nn.Conv2d(nf, nf, 1, bias=False)
