@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -117,15 +118,14 @@ def _ingest(src: Path, out: Path, params: IngestParams = PARAMS) -> dict:
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
-            run(params, src, out)
+            result = run(params, src, out)
+            (out.parent / "child-summary.json").write_text(json.dumps(result))
             code = 0
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "ingest failed in the unprivileged child"
-    import json
-
-    return json.loads((out / "summary.json").read_text())
+    return json.loads((out.parent / "child-summary.json").read_text())
 
 
 def test_every_bad_input_is_recorded_with_its_reason(scrape: Path) -> None:
