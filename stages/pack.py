@@ -113,7 +113,7 @@ def run(
         "kernel": KERNEL,
         "tile_size": size,
         "manifest_hash": data_hash(tiles_csv, scales),
-        "code_version": code_version(),
+        "code_version": code_version("stages.pack", "stages.imaging"),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
