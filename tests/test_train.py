@@ -253,6 +253,36 @@ def test_kill_and_resume_cli(data: tuple[Path, Path], tmp_path: Path) -> None:
     assert json.loads((tmp_path / "metrics.json").read_text())["step"] == 60
 
 
+@pytest.mark.slow
+def test_ddp_under_torchrun(data: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two processes over gloo: rank 0 alone validates, saves and writes the history."""
+    (tmp_path / "params.yaml").write_text(
+        "train:\n  scale: 2\n  iterations: 4\n  batch_size: 2\n  hr_crop: 32\n"
+        "  val_every: 2\n  model: {n_feat: 8, n_up_feat: 8, n_blocks: 1}\n"
+    )
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "stages.train"]
+    cmd += ["--params", str(tmp_path / "params.yaml"), "--train", str(data[0]), "--val", str(data[1])]
+    cmd += [
+        "--out",
+        str(tmp_path / "out"),
+        "--metrics",
+        str(tmp_path / "m.json"),
+        "--plots",
+        str(tmp_path / "p"),
+    ]
+    env = {**os.environ, **QUIET_ENV, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [*cmd, "--no-track"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = read_checkpoint(tmp_path / "out" / "last.pt")
+    assert ckpt["step"] == 4
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+    assert [int(r["step"]) for r in _rows(tmp_path / "p" / "loss.csv")] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "m.json").read_text())["step"] == 4
+
+
 def test_init_across_scales_loads_body(
     tracked: dict[str, Any], data: tuple[Path, Path], tmp_path: Path
 ) -> None:
