@@ -180,6 +180,8 @@ def _train(
         bar = tqdm(total=p.iterations, initial=hist.step, unit="it", disable=not show or not rt.is_main)
         net.train()
         t_seg = time.perf_counter()
+        # Without a terminal there is no bar: a line a minute says how far the run is instead.
+        beat = tu.Heartbeat(p.iterations, hist.step, enabled=bar.disable and rt.is_main)
         for lr_img, hr_img in loader:
             lr_img = rt.to_device(lr_img)  # (B, 3, h, w)
             hr_img = rt.to_device(hr_img)  # (B, 3, h*s, w*s)
@@ -196,6 +198,7 @@ def _train(
             tracker.log_metrics({"loss": hist.loss[-1][0], "lr": lr_now}, hist.step)
             bar.set_postfix(loss=f"{hist.loss[-1][0]:.4f}", refresh=False)
             bar.update(1)
+            beat.tick(hist.step, hist.loss[-1][0])
             if hist.step % p.val_every == 0 or hist.step == p.iterations:
                 hist.train_seconds += time.perf_counter() - t_seg
                 if rt.is_main:

@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,29 @@ def resumable(
 
 
 # --- loss and model --------------------------------------------------------------------------
+
+
+class Heartbeat:
+    """Logs progress (loss, it/s, ETA) every ``every`` seconds; for runs with no progress bar."""
+
+    def __init__(self, total: int, start: int, enabled: bool, every: float = 60.0) -> None:
+        self.total, self.enabled, self.every = total, enabled, every
+        self.t0 = self.last = time.perf_counter()
+        self.start = start
+        self.losses: list[float] = []
+
+    def tick(self, step: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        self.losses.append(loss)
+        now = time.perf_counter()
+        if now - self.last < self.every and step != self.total:
+            return
+        rate = (step - self.start) / max(now - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        mean = sum(self.losses) / len(self.losses)
+        log.info("step %d/%d  loss %.5f  %.2f it/s  ETA %.0f min", step, self.total, mean, rate, eta / 60)
+        self.last, self.losses = now, []
 
 
 def charbonnier(sr: torch.Tensor, hr: torch.Tensor, eps: float) -> torch.Tensor:

@@ -319,3 +319,19 @@ def test_gpu_trains_in_bf16_channels_last(
     assert s["step"] == 4 and np.isfinite(s["best_psnr_y"])
     state = read_checkpoint(tmp_path / "last.pt")["model"]
     assert all(v.device.type == "cpu" and torch.isfinite(v).all() for v in state.values())
+
+
+def test_heartbeat_logs_progress_without_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
+    from stages.train_utils import Heartbeat
+
+    beat = Heartbeat(total=10, start=4, enabled=True, every=0.0)
+    with caplog.at_level("INFO", logger="stages.train_utils"):
+        beat.tick(5, 0.5)
+        beat.tick(6, 0.25)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("step 5/10  loss 0.50000") and "it/s" in lines[0] and "ETA" in lines[0]
+    quiet = Heartbeat(total=10, start=0, enabled=False, every=0.0)
+    caplog.clear()
+    quiet.tick(1, 1.0)
+    assert not caplog.records
