@@ -1,0 +1,138 @@
+"""The embedded defaults swapped for real servers on 127.0.0.1, as a team would run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+
+from stages import train
+from stages.imaging import downscale
+from stages.params import ModelParams, TrainParams
+from stages.tracking import MlflowTracker
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, body: dict[str, Any]) -> Any:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """The server was started in its own session: stop its whole process group."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = root / "server.log"
+    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
+    cmd += ["--artifacts-destination", (root / "artifacts").as_uri()]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(f"{url}/health", proc, log)
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _tiny_pack(path: Path, n: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:64, 0:64] / 64.0
+    tiles = []
+    for _ in range(n):
+        img = np.stack(
+            [np.sin(2 * np.pi * (rng.uniform(1, 5) * x + rng.uniform(1, 5) * y)) for _ in range(3)], -1
+        )
+        tiles.append(np.round((img + 1) * 127.5).astype(np.uint8))
+    hr = np.stack(tiles)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("hr", data=hr)
+        f.create_dataset("lr_x2", data=np.stack([downscale(t, 2) for t in hr]))
+        f.attrs.update(manifest_hash=f"tiny{seed}", scales=[2], kernel="matlab-bicubic-aa", tile_size=64)
+    return path
+
+
+@pytest.mark.slow
+def test_training_against_a_real_mlflow_server(mlflow_server: str, tmp_path: Path) -> None:
+    params = TrainParams(
+        scale=2, iterations=6, batch_size=2, hr_crop=32, val_every=3, model=ModelParams(8, 8, 1, False)
+    )
+    tracker = MlflowTracker(mlflow_server)
+    summary = train.run(
+        params,
+        _tiny_pack(tmp_path / "train.h5", 6, 0),
+        _tiny_pack(tmp_path / "val.h5", 2, 1),
+        tmp_path / "out",
+        tracker,
+        metrics_path=tmp_path / "metrics.json",
+        plots_dir=tmp_path / "plots",
+        progress=False,
+    )
+    run_id = summary["run_id"]
+    api = f"{mlflow_server}/api/2.0/mlflow"
+    run = _get(f"{api}/runs/get?run_id={run_id}")["run"]
+    assert run["info"]["status"] == "FINISHED"
+    got = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert got["train.scale"] == "2" and got["train.iterations"] == "6" and got["train.model.n_feat"] == "8"
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["data_hash"] == "tiny0"
+    loss = _get(f"{api}/metrics/get-history?run_id={run_id}&metric_key=loss")["metrics"]
+    assert sorted(m["step"] for m in loss) == [1, 2, 3, 4, 5, 6]
+    val = _get(f"{api}/metrics/get-history?run_id={run_id}&metric_key=val_psnr_y")["metrics"]
+    assert sorted(m["step"] for m in val) == [3, 6]
+    listed = _get(f"{api}/artifacts/list?run_id={run_id}&path=model")["files"]
+    assert {Path(f["path"]).name for f in listed} >= {"best.pt", "config.json"}
+    version = _get(f"{api}/registered-models/alias?name=a2n-x2&alias=candidate")["model_version"]
+    assert version["run_id"] == run_id
+    found = _post(f"{api}/runs/search", {"experiment_ids": [run["info"]["experiment_id"]]})["runs"]
+    assert run_id in {r["info"]["run_id"] for r in found}
