@@ -1,27 +1,106 @@
 """The ``train-pipeline`` flow: ingest -> tile -> pack -> train, as Prefect tasks.
 
 Each task calls the same ``run()`` as the DVC stage of that name; the flow only wires paths.
+Tasks are cached on their params and the state of their input and output paths, so a rerun
+with unchanged data skips the finished steps, as ``dvc repro`` does.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_client, task
+from prefect.context import TaskRunContext
 
 from stages import ingest, pack, tile, train
 from stages.common import quiet_environment, setup_logging
-from stages.params import load_params
+from stages.params import as_dict, load_params
 from stages.tracking import Tracker, make_tracker
+from stages.version import code_version
 
-# Trackers hold clients that cannot be hashed, so Prefect's input caching is off for these tasks.
-ingest_task = task(name="ingest", cache_policy=NO_CACHE)(ingest.run)
-tile_task = task(name="tile", cache_policy=NO_CACHE)(tile.run)
-pack_task = task(name="pack", cache_policy=NO_CACHE)(pack.run)
-train_task = task(name="train", cache_policy=NO_CACHE, tags=["gpu"])(train.run)
+log = logging.getLogger(__name__)
+
+SMALL_FILE = 4 << 20
+GPU_TAG = "gpu"  # tasks that hold the accelerator; a tag concurrency limit lets one run at a time
+
+
+def fingerprint(path: Path) -> str:
+    """The state of a file or folder: small files by content, large ones by size and mtime.
+
+    Small files (manifests, indexes, summaries) are rewritten by every run with the same bytes,
+    so their content is what counts; images and HDF5 files are only ever replaced whole.
+    """
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        if not p.exists():
+            h.update(f"{p}|<missing>".encode())
+            continue
+        st = p.stat()
+        h.update(f"{p.relative_to(path) if p != path else p.name}|{st.st_size}|".encode())
+        if st.st_size < SMALL_FILE:
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+        else:
+            h.update(str(st.st_mtime_ns).encode())
+    return h.hexdigest()
+
+
+def inputs_key(stage: str, paths: tuple[str, ...]) -> Callable[[TaskRunContext, dict[str, Any]], str]:
+    """A cache key over the stage's code, its params and the state of its inputs.
+
+    The tracker argument is left out: it cannot be hashed and does not change the result.
+    Missing outputs are handled by the flow, which refreshes the cache for such a step.
+    """
+
+    def key(_: TaskRunContext, parameters: dict[str, Any]) -> str:
+        h = hashlib.sha256(stage.encode())
+        h.update(code_version(f"stages.{stage}").encode())
+        h.update(json.dumps(as_dict(parameters["params"]), sort_keys=True).encode())
+        for name in paths:
+            h.update(f"|{name}={parameters[name]}:{fingerprint(Path(parameters[name]))}".encode())
+        return h.hexdigest()
+
+    return key
+
+
+def _stage_task(name: str, paths: tuple[str, ...], tags: tuple[str, ...] = ()) -> Any:
+    return task(
+        name=name,
+        tags=list(tags),
+        cache_key_fn=inputs_key(name, paths),
+        persist_result=True,
+        cache_expiration=timedelta(days=30),
+    )
+
+
+ingest_task = _stage_task("ingest", ("source",))(ingest.run)
+tile_task = _stage_task("tile", ("ingested",))(tile.run)
+pack_task = _stage_task("pack", ("ingested", "tiles_dir"))(pack.run)
+train_task = _stage_task("train", ("train_h5", "val_h5"), tags=(GPU_TAG,))(train.run)
+
+
+def _call(step: Any, outputs: list[Path], *args: Any, **kwargs: Any) -> Any:
+    """Run a cached step, refreshing its cache when any of its outputs has gone."""
+    if not all(p.exists() for p in outputs):
+        step = step.with_options(refresh_cache=True)
+    return step(*args, **kwargs)
+
+
+def ensure_gpu_limit(slots: int = 1) -> None:
+    """Create the tag concurrency limit once: one GPU job at a time across all flows."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_concurrency_limit_by_tag(GPU_TAG)
+        except Exception:  # noqa: BLE001 - Prefect raises ObjectNotFound (a private type) here
+            client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=slots)
+            log.info("created the concurrency limit %r = %d", GPU_TAG, slots)
 
 
 @flow(name="train-pipeline", log_prints=True)
@@ -35,18 +114,25 @@ def train_pipeline(
 ) -> dict[str, Any]:
     """Run the data stages and training with the params in ``params_path``."""
     params = load_params(params_path, overrides or [])
+    ensure_gpu_limit()
     trk: Tracker = tracker if tracker is not None else make_tracker(params.tracking.enabled)
     data = Path(data_dir)
     src = Path(source or params.ingest.source_dir)
     summary: dict[str, Any] = {}
-    summary["ingest"] = ingest_task(params.ingest, src, data / "ingested", trk)
-    summary["tile"] = tile_task(params.tile, data / "ingested", data / "tiles", trk)
-    summary["pack"] = pack_task(params.pack, data / "ingested", data / "tiles", data / "packed", trk)
-    summary["train"] = train_task(
+    ing, tiles, packed = data / "ingested", data / "tiles", data / "packed"
+    runs = Path(runs_dir)
+    summary["ingest"] = _call(ingest_task, [ing / "manifest.csv"], params.ingest, src, ing, trk)
+    summary["tile"] = _call(tile_task, [tiles / "tiles.csv"], params.tile, ing, tiles, trk)
+    summary["pack"] = _call(
+        pack_task, [packed / "train.h5", packed / "val.h5"], params.pack, ing, tiles, packed, trk
+    )
+    summary["train"] = _call(
+        train_task,
+        [runs / "last.pt", runs / "best.pt"],
         params.train,
-        data / "packed" / "train.h5",
-        data / "packed" / "val.h5",
-        Path(runs_dir),
+        packed / "train.h5",
+        packed / "val.h5",
+        runs,
         trk,
         metrics_path=Path("metrics/train.json"),
         plots_dir=Path("plots/train"),

@@ -116,12 +116,25 @@ def test_prefect_flow_runs_the_same_stages(tmp_path: Path, monkeypatch: pytest.M
     params = tmp_path / "params.yaml"
     _tiny_params(params)
     monkeypatch.chdir(tmp_path)
+    args = (str(params), [], str(tmp_path / "scrape"), str(tmp_path / "data"), str(tmp_path / "runs"))
+    outputs = [
+        tmp_path / "data/ingested/manifest.csv",
+        tmp_path / "data/packed/train.h5",
+        tmp_path / "runs/last.pt",
+    ]
     with prefect_test_harness(server_startup_timeout=180):
-        summary = train_pipeline(
-            str(params), [], str(tmp_path / "scrape"), str(tmp_path / "data"), str(tmp_path / "runs")
-        )
-    assert summary["ingest"]["ok"] == 3
-    assert summary["tile"]["tiles_train"] + summary["tile"]["tiles_val"] == 27
-    assert summary["pack"]["tiles_train"] == 18
-    assert summary["train"]["step"] == 4
-    assert (tmp_path / "runs" / "last.pt").exists()
+        summary = train_pipeline(*args)
+        assert summary["ingest"]["ok"] == 3
+        assert summary["tile"]["tiles_train"] + summary["tile"]["tiles_val"] == 27
+        assert summary["pack"]["tiles_train"] == 18
+        assert summary["train"]["step"] == 4
+        stamps = [p.stat().st_mtime_ns for p in outputs]
+        # Unchanged inputs: every step comes from the cache and no output is rewritten.
+        again = train_pipeline(*args)
+        assert again == summary
+        assert [p.stat().st_mtime_ns for p in outputs] == stamps
+        # A removed checkpoint reruns training only.
+        (tmp_path / "runs/last.pt").unlink()
+        train_pipeline(*args)
+        assert (tmp_path / "runs/last.pt").exists()
+        assert [p.stat().st_mtime_ns for p in outputs[:2]] == stamps[:2]
