@@ -21,13 +21,13 @@ import h5py
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from PIL import Image
 
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import load_body, load_model, read_checkpoint
 from stages.dataset import TileDataset
 from stages.fsutil import atomic_path, sha256_file, write_text
+from stages.inference import bicubic_upscale
 from stages.metrics import psnr_y_torch, quantize, ssim_y_torch
 from stages.params import TrainParams, as_dict
 
@@ -276,9 +276,10 @@ def _batches(tiles: TileDataset) -> Any:
 
 
 def bicubic(lr: torch.Tensor, scale: int) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 3, H*s, W*s), clamped to [0, 1]."""
-    up = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
-    return up.clamp(0.0, 1.0)
+    """(B, 3, H, W) -> (B, 3, H*s, W*s): the MATLAB-style bicubic that evaluation also uses."""
+    imgs = (lr.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    up = np.stack([bicubic_upscale(img, scale) for img in imgs])  # (B, H*s, W*s, 3) uint8
+    return torch.from_numpy(up).permute(0, 3, 1, 2).float().div_(255.0).to(lr.device)
 
 
 def bicubic_scores(tiles: TileDataset, scale: int) -> tuple[float, float]:
