@@ -18,7 +18,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tile": ("stages.tile", "plan HR tiles and split train/val by image"),
     "pack": ("stages.pack", "pack HR tiles and bicubic LR twins into HDF5"),
     "train": ("stages.train", "train A2N on the packed tiles (resumes after a kill)"),
+    "evaluate": ("stages.evaluate", "score A2N against bicubic on held-out images; HTML report"),
+    "upscale": ("stages.upscale", "upscale image files and folders (alpha and 16-bit kept)"),
+    "export": ("stages.export", "export A2N to ONNX for the onnx backend"),
     "pipeline": ("flows.pipeline", "run ingest -> tile -> pack -> train as a Prefect flow"),
+    "video": ("flows.remaster", "remaster a video: upscale with A2N, keep every audio/subtitle stream"),
+    "watch": ("flows.watch", "remaster each new video that lands in a folder"),
 }
 
 

@@ -21,7 +21,7 @@ class DemoParams:
     width: int = 1280
     height: int = 1024
     seed: int = 0
-    clip_seconds: float = 3.0
+    clip_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,32 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class EvaluateParams:
+    hr_dirs: tuple[str, ...] = ()  # held-out HR folders scored beside the val split
+    model: str = ""  # a checkpoint or models:/name@alias; "" = runs/train/best.pt in the DVC stage
+    precision: str = "fp32"  # fp32 keeps scores comparable across machines; bf16/fp16/auto are faster
+    tile: int = 0  # LR tile side for inference; 0 = sized to the device's memory
+    report_crops: int = 1  # side-by-side crops per image in the report
+    report_images: int = 16  # images per set that get side-by-side crops (the first ones)
+
+
+@dataclass(frozen=True)
+class RemasterParams:
+    scale: int = 4  # 2 or 4
+    model: str = ""  # "" = the shipped weights; or a checkpoint path, or models:/a2n-x4@champion
+    codec: str = "libx264"  # or libx265
+    crf: int = 18
+    preset: str = "medium"
+    pix_fmt: str = "auto"  # yuv420p, yuv420p10le, or auto (10-bit for a deeper source)
+    segment_seconds: float = 10.0  # segments are cut at keyframes about this long; 0 = one segment
+    deinterlace: str = "auto"  # auto (probe/idet), on or off
+    workers: int = 0  # segments upscaled at once; 0 = 1 on a CPU, 2 on a GPU
+    batch: int = 2  # frames per model call
+    precision: str = "auto"  # auto, fp32, bf16 or fp16
+    tile: int = 0  # LR tile side for inference; 0 = sized to the device's memory
+
+
+@dataclass(frozen=True)
 class TrackingParams:
     enabled: bool = True
 
@@ -86,6 +112,8 @@ class Params:
     tile: TileParams = field(default_factory=TileParams)
     pack: PackParams = field(default_factory=PackParams)
     train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    remaster: RemasterParams = field(default_factory=RemasterParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
 
 

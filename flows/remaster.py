@@ -1,0 +1,359 @@
+"""The ``remaster-episode`` flow and ``remaster video``: probe -> split -> upscale -> reassemble -> verify.
+
+Segments are upscaled as Prefect tasks on a thread pool (``remaster.workers``: one at a time on
+a CPU, where one upscale already uses every core). Each finished segment stays under
+``OUTPUT.parts/<key>/``, where the key hashes the input file, the model file, the scale and the
+encode settings, so a killed run started again with the same command redoes only what was
+unfinished. OUTPUT appears only once complete and verified (muxed inside the parts folder, then
+renamed), and the parts folder goes once OUTPUT is in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm import tqdm
+
+from stages import video
+from stages.common import prepare, progress_enabled, stage_parser
+from stages.fsutil import sha256_file, write_json
+from stages.inference import Upscaler, bicubic_upscale, resolve_model_path
+from stages.params import RemasterParams, flatten
+from stages.tracking import NullTracker, Tracker
+
+EXPERIMENT = "remaster"
+FORMAT = "remaster-video/1"  # in every segment key: bump it when the same inputs would give other bytes
+CONTAINERS = (".mkv", ".mp4", ".m4v", ".mov")
+CHOICES = {
+    "scale": (2, 4),
+    "codec": ("libx264", "libx265"),
+    "pix_fmt": ("auto", "yuv420p", "yuv420p10le"),
+    "deinterlace": ("auto", "on", "off"),
+}
+
+
+def check_job(p: RemasterParams, output: Path, overwrite: bool) -> None:
+    """Fail before any work on settings or an output that cannot be right."""
+    for name, allowed in CHOICES.items():
+        if getattr(p, name) not in allowed:
+            raise ValueError(f"remaster.{name} must be one of {allowed}, got {getattr(p, name)!r}")
+    if output.suffix.lower() not in CONTAINERS:
+        raise ValueError(
+            f"{output}: the output must end in one of {', '.join(CONTAINERS)} (.mkv holds anything)"
+        )
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+
+
+def segment_key(input_sha: str, model_sha: str, p: RemasterParams, pix_fmt: str) -> str:
+    """What a finished segment depends on; a change in any of it starts afresh."""
+    keyed = {"format": FORMAT, "input": input_sha, "model": model_sha, "pix_fmt": pix_fmt}
+    keyed.update(
+        {k: getattr(p, k) for k in ("scale", "codec", "crf", "preset", "segment_seconds", "deinterlace")}
+    )
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def locked(work: Path) -> Iterator[None]:
+    """One run per work folder; a killed run's lock goes with its process."""
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another remaster run is writing {work}") from None
+        for stale in work.rglob(".*.tmp-*"):  # half-written by a run that was killed
+            stale.unlink()
+        yield
+
+
+def plan_segments(info: video.VideoInfo, work: Path, seconds: float) -> list[video.Segment]:
+    """The split, or the one an earlier run of the same job made (its frames were counted then)."""
+    plan = work / "plan.json"
+    if plan.exists():
+        segments = [video.Segment(**{**d, "pts": tuple(d["pts"])}) for d in json.loads(plan.read_text())]
+        if all(Path(s.path).exists() for s in segments):
+            return segments
+    segments = video.split(info, (work / "src").resolve(), seconds)
+    write_json(plan, [dataclasses.asdict(s) for s in segments])
+    return segments
+
+
+def reassemble(
+    info: video.VideoInfo, parts: list[Path], segments: list[video.Segment], muxed: Path, codec: str
+) -> Path:
+    joined = muxed.with_name("joined.mkv")
+    video.concat(parts, [s.duration for s in segments], joined)
+    video.mux(joined, info, muxed, codec)
+    joined.unlink()
+    return muxed
+
+
+def side_by_side(info: video.VideoInfo, up: Upscaler, deinterlace: bool) -> np.ndarray:
+    """The middle frame, bicubic on the left and A2N on the right: (H*s, 2*W*s, 3) uint8."""
+    frame = video.extract_frame(info, info.frames // 2, deinterlace)
+    return np.concatenate([bicubic_upscale(frame, up.scale), up.upscale_image(frame)], axis=1)
+
+
+probe_task = task(name="probe", cache_policy=NO_CACHE)(video.probe)
+split_task = task(name="split", cache_policy=NO_CACHE)(plan_segments)
+upscale_task = task(
+    name="upscale-segment", task_run_name="upscale-segment-{seg.index}", cache_policy=NO_CACHE
+)(video.upscale_segment)
+reassemble_task = task(name="reassemble", cache_policy=NO_CACHE)(reassemble)
+verify_task = task(name="verify", cache_policy=NO_CACHE)(video.verify)
+
+
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    seconds[step] = round(time.perf_counter() - t0, 3)
+
+
+def upscale_all(
+    segments: list[video.Segment],
+    work: Path,
+    info: video.VideoInfo,
+    up: Upscaler,
+    p: RemasterParams,
+    enc: video.Encode,
+    deinterlace: bool,
+    keep_frames: Path | None,
+) -> tuple[list[Path], int, int]:
+    """Upscale every unfinished segment as a task; (segment outputs, segments reused, frames upscaled)."""
+    logger = get_run_logger()
+    (work / "out").mkdir(exist_ok=True)
+    dsts = [work / "out" / f"seg_{s.index:05d}.mkv" for s in segments]
+    # a finished segment has its final name (it is renamed only when whole) and all its frames
+    todo = [(s, d) for s, d in zip(segments, dsts, strict=True) if video.count_packets(d) != s.frames]
+    reused = len(segments) - len(todo)
+    logger.info("%d segments: %d reused from an earlier run, %d to upscale", len(segments), reused, len(todo))
+    frames = sum(s.frames for s, _ in todo)
+    bar = tqdm(total=info.frames, initial=info.frames - frames, unit="frame", disable=not progress_enabled())
+    with bar:
+        kwargs = {
+            "deinterlace": deinterlace,
+            "batch": p.batch,
+            "progress": bar.update,
+            "keep_frames": keep_frames,
+        }
+        futures = [
+            upscale_task.submit(s, d, info, up.upscale_frames, p.scale, enc, **kwargs) for s, d in todo
+        ]
+        wait(futures)
+        for future in futures:
+            future.result()  # the first failure fails the run; the finished segments stay for the next
+    return dsts, reused, frames
+
+
+@flow(name="remaster-episode")
+def remaster_episode(
+    input_path: str,
+    output_path: str,
+    params: RemasterParams | None = None,
+    overwrite: bool = False,
+    keep_frames: str | None = None,
+    tracker: Any = None,
+) -> dict[str, Any]:
+    """Remaster ``input_path`` into ``output_path``; the summary's ``run`` part is what varies by run."""
+    p = params or RemasterParams()
+    trk: Tracker = tracker if tracker is not None else NullTracker()
+    src, out = Path(input_path), Path(output_path)
+    check_job(p, out, overwrite)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    with trk.start_run(EXPERIMENT, f"{src.stem}-x{p.scale}"):
+        with timed(seconds, "probe"):
+            info = probe_task(src)
+            model_path = resolve_model_path(p.model or None, p.scale)
+            model: dict[str, Any] = {"path": str(model_path), "sha256": sha256_file(model_path)}
+            enc = video.Encode(p.codec, p.crf, p.preset, video.resolve_pix_fmt(p.pix_fmt, info))
+            deinterlace = p.deinterlace == "on" or (p.deinterlace == "auto" and info.interlaced)
+            if info.decode_errors:
+                get_run_logger().warning(
+                    "%s: the decoder reported %d errors; it conceals them, and every frame is still counted",
+                    src, info.decode_errors,
+                )  # fmt: skip
+            key = segment_key(sha256_file(src), model["sha256"], p, enc.pix_fmt)
+        parts = out.with_name(out.name + ".parts")
+        with locked(parts / key):
+            with timed(seconds, "split"):
+                segments = split_task(info, parts / key, p.segment_seconds)
+            up = Upscaler.load(str(model_path), p.scale, precision=p.precision, tile=p.tile or None)
+            model.update({k: (up.info or {}).get(k) for k in ("source", "step")})
+            with timed(seconds, "upscale"):
+                frames_dir = Path(keep_frames) if keep_frames else None
+                dsts, reused, upscaled = upscale_all(
+                    segments, parts / key, info, up, p, enc, deinterlace, frames_dir
+                )
+            with timed(seconds, "reassemble"):
+                muxed = reassemble_task(
+                    info, dsts, segments, parts / key / f"muxed{out.suffix.lower()}", p.codec
+                )
+            with timed(seconds, "verify"):
+                checks = verify_task(info, muxed, p.scale)
+            os.replace(muxed, out)
+        shutil.rmtree(parts, ignore_errors=True)
+        seconds["wall"] = round(time.perf_counter() - started, 3)
+        out_w, out_h = video.output_size(info, p.scale)
+        summary: dict[str, Any] = {
+            "input": str(src),
+            "output": str(out),
+            "scale": p.scale,
+            "model": model,
+            "encode": dataclasses.asdict(enc),
+            "deinterlaced": deinterlace,
+            "frames": info.frames,
+            "segments": len(segments),
+            "source": info.summary(),
+            "result": {"width": out_w, "height": out_h, "colour": vars(video.output_colour(info, out_h))},
+            "verify": checks,
+            "run": {
+                "segments_reused": reused,
+                "frames_upscaled": upscaled,
+                "fps": round(upscaled / seconds["upscale"], 3) if upscaled else 0.0,
+                "seconds": seconds,
+            },
+        }
+        track(trk, summary, p, info, up, deinterlace)
+    get_run_logger().info(
+        "remastered %s -> %s: %d frames in %d segments (%d reused), %.1f s, %.2f frames/s; verified: %s",
+        src, out, info.frames, len(segments), reused, seconds["wall"], summary["run"]["fps"],
+        ", ".join(f"{k} ok" for k in checks),
+    )  # fmt: skip
+    return summary
+
+
+def track(
+    trk: Tracker,
+    summary: dict[str, Any],
+    p: RemasterParams,
+    info: video.VideoInfo,
+    up: Upscaler,
+    deinterlace: bool,
+) -> None:
+    """Params, metrics, the summary and a bicubic-vs-A2N sample frame, to the tracker's open run."""
+    if trk.run_id is None:
+        return
+    model = summary["model"]
+    trk.log_params(
+        {
+            **flatten(dataclasses.asdict(p), "remaster."),
+            **{f"model_{k}": v for k, v in model.items()},
+            "input": summary["input"],
+            "output": summary["output"],
+            "deinterlaced": deinterlace,
+        }
+    )
+    run = summary["run"]
+    metrics = {k: run[k] for k in ("segments_reused", "frames_upscaled", "fps")}
+    metrics.update({f"seconds_{k}": v for k, v in run["seconds"].items()})
+    trk.log_metrics({"frames": info.frames, "segments": summary["segments"], **metrics})
+    trk.log_dict(summary, "summary.json")
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sample_bicubic_vs_a2n.png"
+        Image.fromarray(side_by_side(info, up, deinterlace)).save(path)
+        trk.log_artifact(path)
+
+
+def metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers worth a ``dvc metrics diff``: what came out and whether it matched its source."""
+    checks = summary["verify"]
+    return {
+        "frames": summary["frames"],
+        "segments": summary["segments"],
+        "width": summary["result"]["width"],
+        "height": summary["result"]["height"],
+        "duration_s": checks["duration"]["actual"],
+        "max_drift_s": checks["max_drift"]["actual"],
+        "verified": all(c["ok"] for c in checks.values()),
+    }
+
+
+def add_settings(parser: argparse.ArgumentParser) -> None:
+    """The remaster settings as flags; each one left out keeps params.yaml's ``remaster`` value."""
+    parser.add_argument("--scale", type=int, choices=CHOICES["scale"])
+    parser.add_argument(
+        "--model", help="a checkpoint, .safetensors or models:/name@alias (default: shipped weights)"
+    )
+    parser.add_argument("--codec", choices=CHOICES["codec"])
+    parser.add_argument("--crf", type=int)
+    parser.add_argument("--preset", help="the encoder's preset (ultrafast ... veryslow)")
+    parser.add_argument("--pix-fmt", choices=CHOICES["pix_fmt"])
+    parser.add_argument("--segment-seconds", type=float, help="segment length; 0 = one segment")
+    parser.add_argument("--deinterlace", choices=CHOICES["deinterlace"])
+    parser.add_argument("--workers", type=int, help="segments upscaled at once (0 = 1 on a CPU, 2 on a GPU)")
+    parser.add_argument("--batch", type=int, help="frames per model call")
+
+
+def settings(base: RemasterParams, args: argparse.Namespace) -> RemasterParams:
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(RemasterParams)}
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+
+
+def with_workers(p: RemasterParams) -> Any:
+    """The flow on a thread pool of ``p.workers`` (0: one on a CPU, two on a GPU)."""
+    import torch
+
+    workers = p.workers or (2 if torch.cuda.is_available() else 1)
+    runner: Any = ThreadPoolTaskRunner(max_workers=workers)
+    return remaster_episode.with_options(task_runner=runner)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("Remaster a video with A2N: probe, split, upscale, reassemble, verify.")
+    parser.add_argument("input", help="the source video")
+    parser.add_argument("-o", "--output", required=True, help="the result (.mkv holds every stream)")
+    add_settings(parser)
+    parser.add_argument("--keep-frames", metavar="DIR", help="also write the upscaled frames as PNG here")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument("--summary", type=Path, metavar="JSON", help="write the summary (no timings) here")
+    parser.add_argument(
+        "--metrics", type=Path, metavar="JSON", help="write frames, size and checks here (DVC)"
+    )
+    args = parser.parse_args(argv)
+    params, tracker = prepare(args)
+    p = settings(params.remaster, args)
+    try:
+        summary = with_workers(p)(args.input, args.output, p, args.overwrite, args.keep_frames, tracker)
+    except (
+        video.VideoError,
+        video.VerifyError,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        RuntimeError,
+    ) as e:
+        print(f"remaster video: error: {e}", file=sys.stderr)
+        return 1
+    if args.summary:
+        write_json(args.summary, {k: v for k, v in summary.items() if k != "run"})
+    if args.metrics:
+        write_json(args.metrics, metrics(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""``remaster watch INBOX --out DIR``: remaster each video that lands in a folder, once.
+
+A file counts as arrived when its size and modification time have stayed the same for
+``--settle`` polls in a row (a copy in progress keeps changing). What was done is kept in
+``DIR/.remaster-watch.json``, written atomically and keyed by name, size and mtime: a restart
+skips what is done, a replaced file is done again, and a file that failed is recorded with its
+error and left alone until it changes. Each file runs the ``remaster-episode`` flow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flows.remaster import add_settings, settings, with_workers
+from stages.common import prepare, stage_parser
+from stages.fsutil import write_json
+
+log = logging.getLogger(__name__)
+
+STATE = ".remaster-watch.json"
+VIDEO_SUFFIXES = {".mkv", ".mp4", ".m4v", ".mov", ".avi", ".webm", ".ts", ".m2ts", ".mpg", ".mpeg", ".vob"}
+VIDEO_SUFFIXES |= {".wmv", ".flv", ".ogv"}
+
+
+def fingerprint(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def load_state(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / STATE
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
+def candidates(inbox: Path) -> list[Path]:
+    """Video files in ``inbox`` (not hidden: a copy tool's temporary names usually are)."""
+    return sorted(
+        p
+        for p in inbox.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in VIDEO_SUFFIXES
+    )
+
+
+def watch(
+    inbox: Path,
+    out_dir: Path,
+    process: Callable[[Path, Path], dict[str, Any]],
+    *,
+    suffix: str = "_remastered.mkv",
+    interval: float = 5.0,
+    settle: int = 3,
+    once: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[str]:
+    """Poll ``inbox``; ``process(src, dst)`` each settled new file. ``once``: stop when none is left."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = load_state(out_dir)
+    seen: dict[str, tuple[str, int]] = {}  # name -> (fingerprint, polls unchanged)
+    handled: list[str] = []
+    while True:
+        pending = 0
+        for path in candidates(inbox):
+            try:
+                fp = fingerprint(path)
+            except FileNotFoundError:
+                continue  # moved away between the listing and now
+            if state.get(path.name, {}).get("fingerprint") == fp:
+                continue
+            prev, polls = seen.get(path.name, ("", 0))
+            polls = polls + 1 if prev == fp else 1
+            seen[path.name] = (fp, polls)
+            if polls < settle:
+                pending += 1
+                continue
+            dst = out_dir / f"{path.stem}{suffix}"
+            entry: dict[str, Any] = {
+                "fingerprint": fp,
+                "output": str(dst),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            try:
+                process(path, dst)
+                entry["status"] = "done"
+                log.info("watch: %s -> %s", path, dst)
+            except Exception as e:  # noqa: BLE001 - one bad file must not stop the watch
+                entry.update(status="failed", error=str(e)[-2000:])
+                log.error("watch: %s failed: %s", path, e)
+            state[path.name] = entry
+            write_json(out_dir / STATE, state)
+            handled.append(path.name)
+        if once and not pending:
+            return handled
+        sleep(interval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("Remaster every new video that lands in INBOX (one flow run per file).")
+    parser.add_argument("inbox", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="where the results and the state file go")
+    add_settings(parser)
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls")
+    parser.add_argument(
+        "--settle", type=int, default=3, help="unchanged polls before a file counts as arrived"
+    )
+    parser.add_argument("--once", action="store_true", help="process what is there, then exit")
+    args = parser.parse_args(argv)
+    params, tracker = prepare(args)
+    p = settings(params.remaster, args)
+    remaster = with_workers(p)
+
+    def process(src: Path, dst: Path) -> dict[str, Any]:
+        return dict(remaster(str(src), str(dst), p, True, None, tracker))
+
+    done = watch(
+        args.inbox,
+        args.out,
+        process,
+        suffix=f"_x{p.scale}.mkv",
+        interval=args.interval,
+        settle=args.settle,
+        once=args.once,
+    )
+    state = load_state(args.out)
+    failed = [name for name in done if state[name]["status"] != "done"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

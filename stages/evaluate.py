@@ -1,0 +1,444 @@
+"""Stage ``evaluate``: score A2N against bicubic on held-out images and write a report.
+
+Each HR image is cropped to a multiple of the scale, its LR made with the pack downsampler
+(``stages.imaging.downscale``), then super-resolved through the shared ``Upscaler`` (tiled, so
+memory stays bounded at any size) and by bicubic. Both are scored on the same pixels: Y-PSNR
+and SSIM (BT.601 Y, border crop = scale) and RGB PSNR. Sets are the packed val tiles (their
+stored LR) and/or folders of HR images; a folder of LR images with no HR (``upscale_folder``)
+gets its outputs and a side-by-side page but no scores. Unreadable files are recorded under
+``skipped`` with a reason and the run goes on; a folder with nothing to score is an error.
+
+With tracking on, the scores and the report go to an ``evaluation`` run and, when the model is
+the registered ``a2n-x{s}@candidate`` (same file bytes), to that version's training run too,
+where the val Y-PSNR decides whether the candidate takes the ``champion`` alias.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from stages import report
+from stages.common import prepare, progress_enabled, stage_parser
+from stages.fsutil import atomic_path, display_path, sha256_file, write_json, write_text
+from stages.imaging import downscale, modcrop, to_rgb8
+from stages.inference import Upscaler, bicubic_upscale
+from stages.ingest import EXTENSIONS
+from stages.metrics import psnr_rgb, psnr_y, ssim_y
+from stages.params import EvaluateParams, as_dict
+from stages.tracking import MlflowTracker, Tracker
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "evaluation"
+METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "bicubic_psnr_y", "bicubic_ssim_y", "bicubic_psnr_rgb")
+NUMBERS = (*METRIC_KEYS, "gain_psnr_y", "n_images", "n_skipped")  # per set, in metrics/eval.json
+CHAMPION_METRIC = "eval_val_psnr_y"  # logged on the training run; decides the champion alias
+DEFAULT_CHECKPOINT = "runs/train/best.pt"
+
+
+class EvaluateError(ValueError):
+    """Nothing (or nothing usable) to evaluate; the message says what to fix."""
+
+
+class Unreadable(Exception):
+    """A file that cannot be scored; ``str()`` is the reason recorded under ``skipped``."""
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Decode a whole image file to (H, W, 3) uint8 sRGB, as ingest does; raises ``Unreadable``."""
+    if path.suffix.lower() not in EXTENSIONS:
+        raise Unreadable("unsupported_extension")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise Unreadable(f"unreadable: {e.strerror or e}") from e
+    if not data:
+        raise Unreadable("zero_byte")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return np.array(to_rgb8(ImageOps.exif_transpose(img)))
+    except UnidentifiedImageError as e:
+        raise Unreadable("not_an_image") from e
+    except Image.DecompressionBombError as e:
+        raise Unreadable(f"too_large: {e}") from e
+    except Exception as e:  # a broken file may fail inside any decoder
+        text = str(e) or type(e).__name__
+        kind = "truncated" if any(w in text.lower() for w in ("truncat", "broken", "eof")) else "corrupt"
+        raise Unreadable(f"{kind}: {text}") from e
+
+
+def list_files(folder: Path) -> list[Path]:
+    """Every file below ``folder`` in path order; a missing or empty folder is an error."""
+    if not folder.is_dir():
+        raise EvaluateError(f"{folder} is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if not files:
+        raise EvaluateError(f"{folder} is empty: no images to evaluate")
+    return files
+
+
+def folder_images(folder: Path, skipped: list[dict[str, str]]) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, image) for each readable file, named by its path without the extension."""
+    seen: set[str] = set()
+    for path in list_files(folder):
+        rel = path.relative_to(folder)
+        name = display_path(rel.with_suffix(""))
+        if name in seen:  # a.png beside a.jpg
+            name = display_path(rel)
+        seen.add(name)
+        try:
+            yield name, read_rgb(path)
+        except Unreadable as e:
+            log.warning("skipped %s: %s", display_path(path), e)
+            skipped.append({"name": display_path(rel), "reason": str(e)})
+
+
+def hr_folder_pairs(
+    folder: Path, scale: int, skipped: list[dict[str, str]]
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, HR cropped to a multiple of ``scale``, LR) for every scoreable image in ``folder``."""
+    smallest = 2 * scale + 11  # SSIM's 11x11 window must fit inside the border crop
+    for name, img in folder_images(folder, skipped):
+        hr = modcrop(img, scale)
+        if min(hr.shape[:2]) < smallest:
+            h, w = img.shape[:2]
+            skipped.append({"name": name, "reason": f"too_small: {w}x{h}, needs {smallest} px a side"})
+            continue
+        yield name, hr, downscale(hr, scale)
+
+
+def packed_pairs(path: Path, scale: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, HR, LR) for each tile of a packed file; LR from ``lr_x{scale}`` where it is stored."""
+    with h5py.File(path, "r") as f:
+        hr_ds, lr_ds = f["hr"], f.get(f"lr_x{scale}")
+        if lr_ds is None:
+            log.info("%s has no lr_x%d: making LR with the pack downsampler", path, scale)
+        names, xy = f.get("image"), f.get("xy")
+        for i in range(hr_ds.shape[0]):
+            name = f"tile{i:05d}"
+            if names is not None and xy is not None:
+                digest = names[i].decode() if isinstance(names[i], bytes) else str(names[i])
+                name = f"{digest[:10]}@{int(xy[i][0])},{int(xy[i][1])}"
+            hr = hr_ds[i] if lr_ds is not None else modcrop(hr_ds[i], scale)
+            lr = lr_ds[i] if lr_ds is not None else downscale(hr, scale)
+            yield name, hr, lr
+
+
+def load_upscaler(params: EvaluateParams, model: str | None, scale: int) -> Upscaler:
+    return Upscaler.load(model or None, scale, precision=params.precision, tile=params.tile or None)
+
+
+def model_info(up: Upscaler, spec: str | None) -> dict[str, Any]:
+    info = up.info or {}
+    path = info.get("path")
+    return {
+        "spec": spec or "shipped",
+        "path": path,
+        "source": info.get("source"),
+        "step": info.get("step"),
+        "data_hash": info.get("data_hash"),
+        "sha256": sha256_file(path) if path else None,
+    }
+
+
+def score_set(
+    name: str,
+    pairs: Iterator[tuple[str, np.ndarray, np.ndarray]],
+    up: Upscaler,
+    params: EvaluateParams,
+    skipped: list[dict[str, str]],
+    progress: bool,
+) -> tuple[dict[str, Any], report.Section]:
+    """Score A2N and bicubic on every pair; the set's metrics and its report section."""
+    s = up.scale
+    rows: list[dict[str, Any]] = []
+    figures: list[report.Figure] = []
+    for img_name, hr, lr in tqdm(pairs, desc=name, unit="image", disable=not progress):
+        sr = up.upscale_image(lr)  # (H, W, 3) uint8
+        bic = bicubic_upscale(lr, s)
+        row: dict[str, Any] = {"name": img_name}
+        for prefix, out in (("", sr), ("bicubic_", bic)):
+            row[f"{prefix}psnr_y"] = psnr_y(out, hr, s)
+            row[f"{prefix}ssim_y"] = ssim_y(out, hr, s)
+            row[f"{prefix}psnr_rgb"] = psnr_rgb(out, hr, s)
+        row["gain_psnr_y"] = row["psnr_y"] - row["bicubic_psnr_y"]
+        rows.append(row)
+        if len(rows) <= params.report_images:
+            figures += report.figures_for(img_name, lr, bic, sr, hr, s, params.report_crops)
+        del sr, bic
+    if not rows:
+        reasons = "; ".join(f"{k['name']}: {k['reason']}" for k in skipped[:5])
+        raise EvaluateError(f"{name}: no readable images to score ({len(skipped)} skipped: {reasons})")
+    means = {k: float(np.mean([r[k] for r in rows])) for k in (*METRIC_KEYS, "gain_psnr_y")}
+    result = {"name": name, "scale": s, "n_images": len(rows), "n_skipped": len(skipped), **means}
+    result |= {"images": rows, "skipped": skipped}
+    return result, report.Section(name, means, rows, skipped, figures)
+
+
+def set_name(folder: Path, taken: set[str]) -> str:
+    """A folder's name in the metrics: ``Set5_HR`` for the usual ``Set5/HR`` layout."""
+    name = folder.resolve().name
+    if name.lower() in ("hr", "gt", "hq", "images") and folder.resolve().parent.name:
+        name = f"{folder.resolve().parent.name}_{name}"
+    name = re.sub(r"[^\w\-.]", "_", name) or "images"
+    base, i = name, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def run(
+    params: EvaluateParams,
+    scale: int,
+    out_dir: Path,
+    tracker: Tracker | None = None,
+    *,
+    model: str | None = None,
+    val_h5: Path | None = None,
+    hr_dirs: Sequence[Path] = (),
+    metrics_path: Path | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Score ``model`` (None = the shipped weights) and bicubic on ``val_h5`` and ``hr_dirs``.
+
+    Writes ``out_dir/metrics.json`` (the first set's means and per-image rows at the top
+    level, every set under ``sets`` when there are several), ``out_dir/report.html`` and, when
+    given, ``metrics_path``: the means per set only, for ``dvc metrics``. Returns the metrics.
+    """
+    if val_h5 is None and not hr_dirs:
+        raise EvaluateError("nothing to evaluate: give HR folders or a packed val file")
+    if val_h5 is not None and not Path(val_h5).is_file():
+        raise EvaluateError(f"{val_h5} does not exist")
+    for d in hr_dirs:
+        list_files(Path(d))  # an empty folder fails before the model loads
+    up = load_upscaler(params, model, scale)
+    show = progress_enabled(progress)
+    results: list[dict[str, Any]] = []
+    sections: list[report.Section] = []
+    sources: list[tuple[str, Iterator[tuple[str, np.ndarray, np.ndarray]], list[dict[str, str]]]] = []
+    if val_h5 is not None:
+        sources.append(("val", packed_pairs(Path(val_h5), scale), []))
+    taken = {"val"}
+    for d in hr_dirs:
+        skipped: list[dict[str, str]] = []
+        name = set_name(Path(d), taken)
+        taken.add(name)
+        sources.append((name, hr_folder_pairs(Path(d), scale, skipped), skipped))
+    for name, pairs, skipped in sources:
+        result, section = score_set(name, pairs, up, params, skipped, show)
+        results.append(result)
+        sections.append(section)
+        log.info("%s: A2N %.3f dB / %.4f, bicubic %.3f dB / %.4f over %d images", name,
+                 result["psnr_y"], result["ssim_y"], result["bicubic_psnr_y"],
+                 result["bicubic_ssim_y"], result["n_images"])  # fmt: skip
+    metrics = {**results[0], "model": model_info(up, model)}
+    if len(results) > 1:
+        metrics["sets"] = {r["name"]: r for r in results}
+    write_json(out_dir / "metrics.json", metrics)
+    facts = {"model": str(metrics["model"]["spec"]), "scale": f"x{scale}", "precision": up.precision}
+    write_text(out_dir / "report.html", report.render(f"A2N x{scale} against bicubic", facts, sections))
+    compact = {r["name"]: {k: v for k, v in r.items() if k in NUMBERS} for r in results}
+    if metrics_path is not None:
+        write_json(metrics_path, {"scale": scale, **compact})
+    flat = {f"eval_{n}_{k}": float(v) for n, m in compact.items() for k, v in m.items()}
+    if tracker is not None:
+        metrics["tracking"] = track(tracker, params, scale, metrics["model"], flat, out_dir)
+    return metrics
+
+
+def upscale_folder(
+    params: EvaluateParams,
+    scale: int,
+    lr_dir: Path,
+    out_dir: Path,
+    tracker: Tracker | None = None,
+    *,
+    model: str | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """LR-only mode: write ``out_dir/sr/<name>.png`` per image and a side-by-side page; counts only."""
+    list_files(lr_dir)
+    up = load_upscaler(params, model, scale)
+    skipped: list[dict[str, str]] = []
+    rows: list[dict[str, Any]] = []
+    figures: list[report.Figure] = []
+    images = folder_images(lr_dir, skipped)
+    for name, lr in tqdm(images, desc=lr_dir.name, unit="image", disable=not progress_enabled(progress)):
+        sr = up.upscale_image(lr)  # (H*s, W*s, 3) uint8
+        with atomic_path(out_dir / "sr" / f"{name}.png") as tmp:
+            Image.fromarray(sr).save(tmp, format="PNG")
+        h, w = lr.shape[:2]
+        rows.append({"name": name, "width": w, "height": h, "out_width": w * scale, "out_height": h * scale})
+        if len(rows) <= params.report_images:
+            bic = bicubic_upscale(lr, scale)
+            figures += report.figures_for(name, lr, bic, sr, None, scale, params.report_crops)
+    if not rows:
+        raise EvaluateError(f"{lr_dir}: no readable images ({len(skipped)} skipped)")
+    info = model_info(up, model)
+    metrics = {"mode": "lr", "scale": scale, "n_images": len(rows), "n_skipped": len(skipped)}
+    metrics |= {"model": info, "images": rows, "skipped": skipped}
+    write_json(out_dir / "metrics.json", metrics)
+    section = report.Section(lr_dir.name, rows=rows, skipped=skipped, figures=figures)
+    facts = {"model": str(info["spec"]), "scale": f"x{scale}", "precision": up.precision}
+    write_text(out_dir / "report.html", report.render(f"A2N x{scale} on {lr_dir.name}", facts, [section]))
+    if tracker is not None:
+        counts = {"eval_lr_n_images": float(len(rows)), "eval_lr_n_skipped": float(len(skipped))}
+        track(tracker, params, scale, info, counts, out_dir, link=False)
+    return metrics
+
+
+def track(
+    tracker: Tracker,
+    params: EvaluateParams,
+    scale: int,
+    model: dict[str, Any],
+    metrics: dict[str, float],
+    out_dir: Path,
+    link: bool = True,
+) -> dict[str, Any]:
+    """An ``evaluation`` run; with ``link``, for the registered candidate also its training run
+    and the champion alias (which compares val Y-PSNRs: scores from different val splits are
+    not comparable, so keep the split fixed while models compete)."""
+    done: dict[str, Any] = {}
+    registry = Registry(tracker) if isinstance(tracker, MlflowTracker) else None
+    name = f"a2n-x{scale}"
+    candidate = registry.candidate(name, model.get("sha256")) if registry and link else None
+    tags = {"model": str(model["spec"]), "scale": str(scale)}
+    if candidate is not None:
+        tags |= {"training_run_id": candidate.run_id, "model_version": str(candidate.version)}
+    with tracker.start_run(EXPERIMENT, f"evaluate-x{scale}", tags):
+        done["evaluation_run_id"] = tracker.run_id
+        tracker.log_params({f"evaluate.{k}": v for k, v in as_dict(params).items()})
+        tracker.log_metrics(metrics)
+        for f in ("metrics.json", "report.html"):
+            tracker.log_artifact(out_dir / f, "evaluation")
+    if registry is None or candidate is None:
+        return done
+    registry.log_to_run(candidate.run_id, metrics, [out_dir / "metrics.json", out_dir / "report.html"])
+    done |= {"training_run_id": candidate.run_id, "model_version": str(candidate.version)}
+    if CHAMPION_METRIC in metrics:
+        done["champion"] = registry.promote(name, candidate, metrics[CHAMPION_METRIC], CHAMPION_METRIC)
+    return done
+
+
+class Registry:
+    """The MLflow calls the ``Tracker`` protocol lacks: find the candidate's training run, write
+    to that finished run, and move the ``champion`` alias."""
+
+    def __init__(self, tracker: MlflowTracker) -> None:
+        self.client = tracker.client
+        self.tracking_uri = tracker.tracking_uri
+
+    def candidate(self, name: str, sha256: str | None) -> Any:
+        """The ``name@candidate`` model version if its files include the evaluated model, else None."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self.client.get_model_version_by_alias(name, "candidate")
+        except MlflowException:
+            log.info("no %s@candidate is registered: no training run to update", name)
+            return None
+        if version.run_id and sha256:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=version.source, dst_path=tmp, tracking_uri=self.tracking_uri
+                    )
+                )
+                files = [local] if local.is_file() else sorted(local.rglob("*"))
+                if any(f.suffix in (".pt", ".safetensors") and sha256_file(f) == sha256 for f in files):
+                    return version
+        log.warning("the evaluated model is not %s@candidate (version %s): the training run and the "
+                    "champion alias are left alone", name, version.version)  # fmt: skip
+        return None
+
+    def log_to_run(self, run_id: str, metrics: dict[str, float], files: Sequence[Path]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+        for f in files:
+            self.client.log_artifact(run_id, str(f), "evaluation")
+
+    def promote(self, name: str, candidate: Any, value: float, key: str) -> dict[str, Any]:
+        """Give ``candidate`` the ``champion`` alias if its ``key`` beats the champion's (or there
+        is none). A champion whose run lacks ``key`` was never scored here and is replaced."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            champion = self.client.get_model_version_by_alias(name, "champion")
+        except MlflowException:
+            champion = None
+        outcome: dict[str, Any] = {"candidate": str(candidate.version), "value": value, "moved": False}
+        if champion is not None:
+            best = self.client.get_run(champion.run_id).data.metrics.get(key) if champion.run_id else None
+            outcome |= {"previous": str(champion.version), "previous_value": best}
+            if champion.version == candidate.version:
+                return outcome
+            if best is not None and value <= best:
+                log.info("%s@champion stays version %s: %s %.3f, candidate version %s %.3f", name,
+                         champion.version, key, best, candidate.version, value)  # fmt: skip
+                return outcome
+        self.client.set_registered_model_alias(name, "champion", str(candidate.version))
+        log.info("%s@champion -> version %s (%s %.3f)", name, candidate.version, key, value)
+        return outcome | {"moved": True}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser("Score A2N against bicubic on held-out images and write an HTML report.")
+    add = parser.add_argument
+    add("--hr", action="append", type=Path, metavar="DIR", help="HR images to score (repeatable)")
+    add("--lr", type=Path, metavar="DIR", help="LR images with no HR: upscale them, no scores")
+    add("--val", type=Path, help="packed val tiles (default without --hr/--lr: data/packed/val.h5)")
+    add("--scale", type=int, help="default: train.scale")
+    add("--model", help="checkpoint or models:/name@alias (default: evaluate.model, else "
+        f"{DEFAULT_CHECKPOINT} without --hr/--lr, else the shipped weights)")  # fmt: skip
+    add("--out", type=Path, default=Path("reports/eval"), help="default: %(default)s")
+    add("--metrics", type=Path, help="also write the means per set here, for dvc metrics")
+    args = parser.parse_args(argv)
+    if args.hr and args.lr:
+        parser.error("--hr and --lr go to separate runs")
+    params, tracker = prepare(args)
+    p = params.evaluate
+    scale = args.scale or params.train.scale
+    stage = not args.hr and not args.lr
+    model = args.model or p.model or (DEFAULT_CHECKPOINT if stage else None)
+    try:
+        if args.lr:
+            upscale_folder(p, scale, args.lr, args.out, tracker, model=model)
+        else:
+            val = args.val or (Path("data/packed/val.h5") if stage else None)
+            hr_dirs = args.hr or [Path(d) for d in p.hr_dirs]
+            run(
+                p,
+                scale,
+                args.out,
+                tracker,
+                model=model,
+                val_h5=val,
+                hr_dirs=hr_dirs,
+                metrics_path=args.metrics,
+            )
+    except (EvaluateError, FileNotFoundError) as e:
+        print(f"remaster evaluate: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,660 @@
+"""ffprobe and ffmpeg for the video remaster: probe, split, upscale through pipes, concat, mux, verify.
+
+Every call is an argument list, never a shell string, and every step checks what it made: a
+dropped frame silently desynchronises the audio, so frames are counted at the split, at the
+upscale and at the end, and any mismatch raises with the reason.
+
+Frames travel as raw rgb24 through pipes, which carry no timestamps. Each segment's encoder
+rebuilds them from the source's own frame timestamps (a ``setpts`` expression over the runs of
+equal frame durations), and the concat list gives each segment its exact source duration, so a
+VFR source keeps its timing and the audio, copied untouched, stays in sync.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FFMPEG = "ffmpeg"
+FFPROBE = "ffprobe"
+QUIET = ["-hide_banner", "-nostdin", "-loglevel", "error"]
+TRUNCATION_SIGNS = ("partial file", "ended prematurely", "moov atom not found")
+# ffprobe's colour-matrix names -> the scale filter's names for the same matrices
+SCALE_MATRIX = {
+    "bt709": "bt709",
+    "smpte170m": "smpte170m",
+    "bt470bg": "bt470",
+    "bt2020nc": "bt2020",
+    "bt2020c": "bt2020",
+    "fcc": "fcc",
+    "smpte240m": "smpte240m",
+}
+BT601 = ("smpte170m", "bt470bg")
+# matrix -> (primaries, transfer) to tag where the source left them unset
+DEFAULT_TAGS = {"bt709": ("bt709", "bt709"), "smpte170m": ("smpte170m", "smpte170m")}
+DEFAULT_TAGS["bt470bg"] = ("bt470bg", "smpte170m")
+
+
+class VideoError(ValueError):
+    """A source that cannot be remastered, with the reason."""
+
+
+class VerifyError(RuntimeError):
+    """The finished file does not match its source."""
+
+
+def _tail(text: str, n: int = 1500) -> str:
+    return text.strip()[-n:]
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def run_ffmpeg(cmd: Sequence[str], what: str) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(list(cmd), capture_output=True, text=True, errors="replace")
+    if res.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {res.returncode}): {_tail(res.stderr)}")
+    return res
+
+
+def ffprobe_json(path: Path | str) -> dict[str, Any]:
+    cmd = [FFPROBE, "-v", "error", "-show_format", "-show_streams", "-show_chapters", "-of", "json"]
+    return dict(json.loads(run_ffmpeg([*cmd, str(path)], f"probing {path}").stdout))
+
+
+def _compact(text: str) -> list[tuple[str, dict[str, str]]]:
+    """ffprobe ``-of compact`` lines -> [(section, {key: value})]."""
+    rows = []
+    for line in text.splitlines():
+        section, _, rest = line.partition("|")
+        if section and rest:
+            rows.append((section, dict(kv.partition("=")[::2] for kv in rest.split("|") if "=" in kv)))
+    return rows
+
+
+@dataclass(frozen=True)
+class Colour:
+    matrix: str = "unknown"  # ffprobe's color_space: bt709, smpte170m, bt470bg, ...
+    primaries: str = "unknown"
+    transfer: str = "unknown"
+    range: str = "unknown"  # tv (limited) or pc (full)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the remaster needs to know about a source, from ffprobe and one decode pass."""
+
+    path: str
+    format_name: str
+    start_time: float  # the container's, s
+    duration: float  # the container's, s
+    index: int  # absolute index of the video stream
+    codec: str
+    width: int  # coded; display_size applies the rotation
+    height: int
+    rotation: int  # degrees clockwise to display upright: 0, 90, 180 or 270
+    sar: str
+    pix_fmt: str
+    bit_depth: int
+    colour: Colour
+    r_frame_rate: str
+    avg_frame_rate: str
+    time_base: str
+    vfr: bool
+    field_order: str
+    interlaced: bool
+    interlace_evidence: str  # field_order, frame flags or idet
+    frames: int  # decoded, exact
+    pts: tuple[int, ...]  # each frame's presentation time, in time_base
+    last_duration: int  # the last frame's duration, in time_base
+    language: str
+    disposition: str  # the video stream's, as ffmpeg's -disposition takes it
+    decode_errors: int
+    streams: tuple[str, ...]  # type:codec:language of every stream
+    chapters: int
+
+    @property
+    def tb(self) -> Fraction:
+        return Fraction(self.time_base)
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
+
+    @property
+    def frame_rate(self) -> Fraction:
+        """The nominal rate: the average where it is sane, else r_frame_rate, else the last frame's."""
+        for text in (self.avg_frame_rate, self.r_frame_rate):
+            num, _, den = text.partition("/")
+            if _int(num) and _int(den or "1"):
+                return Fraction(int(num), int(den or "1"))
+        return 1 / (self.tb * self.last_duration)
+
+    @property
+    def video_start(self) -> float:
+        return float(self.pts[0] * self.tb)
+
+    @property
+    def video_duration(self) -> float:
+        return float((self.pts[-1] - self.pts[0] + self.last_duration) * self.tb)
+
+    def summary(self) -> dict[str, Any]:
+        keep = "format_name codec rotation sar pix_fmt bit_depth vfr interlaced interlace_evidence frames"
+        out: dict[str, Any] = {k: getattr(self, k) for k in keep.split()}
+        out["width"], out["height"] = self.display_size
+        out["fps"] = round(float(self.frame_rate), 3)
+        out["duration"] = round(self.video_duration, 3)
+        out["colour"] = vars(self.colour)
+        out.update(decode_errors=self.decode_errors, streams=list(self.streams), chapters=self.chapters)
+        return out
+
+
+def rotation_of(stream: dict[str, Any]) -> int:
+    """Clockwise degrees from a display matrix (side data) or an old ``rotate`` tag."""
+    for side in stream.get("side_data_list", []):
+        if "rotation" in side:
+            return round(-float(side["rotation"]) / 90) * 90 % 360  # ffprobe prints it anticlockwise
+    return round(float(stream.get("tags", {}).get("rotate", 0) or 0) / 90) * 90 % 360
+
+
+class Frames(NamedTuple):
+    tb: Fraction
+    pts: list[int]
+    durations: list[int]
+    interlaced: int  # frames flagged interlaced
+    errors: str  # the decoder's complaints
+
+
+def frame_pass(path: str | Path, stream: int | str) -> Frames:
+    """Decode one stream with ffprobe: every frame's timestamp, duration and interlace flag."""
+    entries = "stream=time_base:frame=best_effort_timestamp,pkt_duration,interlaced_frame"
+    cmd = [FFPROBE, "-v", "error", "-select_streams", str(stream), "-show_entries", entries]
+    res = subprocess.run(
+        [*cmd, "-of", "compact", str(path)], capture_output=True, text=True, errors="replace"
+    )
+    if res.returncode != 0:
+        raise VideoError(f"{path}: cannot decode: {_tail(res.stderr)}")
+    frames = Frames(Fraction(1, 1000), [], [], 0, res.stderr)
+    flagged = 0
+    for section, row in _compact(res.stdout):
+        if section == "stream" and "time_base" in row:
+            frames = frames._replace(tb=Fraction(row["time_base"]))
+        elif section == "frame" and "best_effort_timestamp" in row:
+            t = _int(row["best_effort_timestamp"])
+            if t is None:  # no timestamp: one frame after the last
+                t = frames.pts[-1] + (frames.durations[-1] or 1) if frames.pts else 0
+            frames.pts.append(t)
+            frames.durations.append(_int(row.get("pkt_duration")) or 0)
+            flagged += row.get("interlaced_frame") == "1"
+    return frames._replace(interlaced=flagged)
+
+
+def idet(path: str | Path, index: int, frames: int = 300, start: float = 0.0) -> tuple[int, int, int]:
+    """(TFF, BFF, progressive) frame counts from ffmpeg's interlace detector on a sample."""
+    cmd = [FFMPEG, "-hide_banner", "-nostdin", "-nostats", "-ss", f"{start:.3f}", "-i", str(path)]
+    cmd += ["-map", f"0:{index}", "-vf", "idet", "-frames:v", str(frames), "-f", "null", "-"]
+    err = run_ffmpeg(cmd, f"interlace detection on {path}").stderr
+    m = re.search(r"Multi frame detection: TFF:\s*(\d+)\s*BFF:\s*(\d+)\s*Progressive:\s*(\d+)", err)
+    return (int(m[1]), int(m[2]), int(m[3])) if m else (0, 0, 0)
+
+
+def _bit_depth(stream: dict[str, Any]) -> int:
+    m = re.search(r"p(\d+)(le|be)$", stream.get("pix_fmt", ""))
+    return _int(stream.get("bits_per_raw_sample")) or (int(m[1]) if m else 8)
+
+
+def _interlace(path: Path, v: dict[str, Any], frames: Frames, duration: float) -> tuple[bool, str]:
+    """Interlaced or not, and the evidence: the stream's field order, the frames' flags or idet."""
+    order = v.get("field_order", "unknown")
+    if order in ("tt", "bb", "tb", "bt", "progressive"):
+        return order != "progressive", "field_order"
+    if frames.interlaced * 2 > len(frames.pts):
+        return True, "frame flags"
+    tff, bff, progressive = idet(path, v["index"], start=duration / 4 if duration > 60 else 0)
+    return tff + bff > progressive, "idet"
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Everything about ``path`` the remaster needs; raises ``VideoError`` on anything unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    try:
+        data = ffprobe_json(path)
+    except RuntimeError as e:
+        hint = " (truncated?)" if any(s in str(e) for s in TRUNCATION_SIGNS) else ""
+        raise VideoError(f"{path}: not a video file ffprobe can read{hint}: {str(e)[-300:]}") from None
+    fmt, streams = data.get("format") or {}, data.get("streams") or []
+    name = fmt.get("format_name", "")
+    if name == "image2" or name.endswith("_pipe"):
+        raise VideoError(f"{path}: a still image ({name}), not a video")
+    videos = [s for s in streams if s["codec_type"] == "video" and not s["disposition"].get("attached_pic")]
+    if not videos:
+        kinds = sorted({str(s.get("codec_type")) for s in streams})
+        held = f"only {', '.join(kinds)}" if kinds else "no streams at all: zero duration"
+        raise VideoError(f"{path}: no video stream ({held})")
+    v = videos[0]
+    frames = frame_pass(path, v["index"])
+    pts, n = frames.pts, len(frames.pts)
+    if not pts:
+        raise VideoError(f"{path}: the video stream has no decodable frames (zero duration)")
+    declared = _int(v.get("nb_frames"))
+    if any(s in frames.errors for s in TRUNCATION_SIGNS) or (
+        declared and declared - n > max(2, declared // 100)
+    ):
+        of = f" of the {declared} its header declares" if declared else ""
+        raise VideoError(f"{path}: truncated or damaged: {n} frames decode{of} ({_tail(frames.errors, 300)})")
+    deltas = [b - a for a, b in itertools.pairwise(pts)]
+    if any(d <= 0 for d in deltas):
+        raise VideoError(f"{path}: frame timestamps go backwards or repeat; remux it first (ffmpeg -c copy)")
+    med = statistics.median(deltas) if deltas else frames.durations[0] or 1
+    interlaced, evidence = _interlace(path, v, frames, float(fmt.get("duration") or 0))
+    tags, disposition = v.get("tags", {}), v.get("disposition", {})
+    return VideoInfo(
+        path=str(path),
+        format_name=name,
+        start_time=float(fmt.get("start_time") or 0),
+        duration=float(fmt.get("duration") or 0),
+        index=int(v["index"]),
+        codec=v.get("codec_name", "?"),
+        width=int(v["width"]),
+        height=int(v["height"]),
+        rotation=rotation_of(v),
+        sar=v.get("sample_aspect_ratio", "1:1"),
+        pix_fmt=v.get("pix_fmt", "unknown"),
+        bit_depth=_bit_depth(v),
+        colour=Colour(*(v.get(f"color_{k}", "unknown") for k in ("space", "primaries", "transfer", "range"))),
+        r_frame_rate=v.get("r_frame_rate", "0/0"),
+        avg_frame_rate=v.get("avg_frame_rate", "0/0"),
+        time_base=str(frames.tb),
+        # VFR: steps that differ by more than timestamp rounding (a tick, or 1%)
+        vfr=any(abs(d - med) > max(1, med / 100) for d in deltas),
+        field_order=v.get("field_order", "unknown"),
+        interlaced=interlaced,
+        interlace_evidence=evidence,
+        frames=n,
+        pts=tuple(pts),
+        last_duration=frames.durations[-1] if frames.durations[-1] > 0 else round(med),
+        language=tags.get("language", "und"),
+        disposition="+".join(k for k, on in disposition.items() if on) or "0",
+        decode_errors=len(frames.errors.strip().splitlines()),
+        streams=tuple(
+            f"{s['codec_type']}:{s.get('codec_name')}:{s.get('tags', {}).get('language', 'und')}"
+            for s in streams
+        ),
+        chapters=len(data.get("chapters") or []),
+    )
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stream copy of source frames [first, first + frames), cut at a keyframe."""
+
+    index: int
+    path: str
+    first: int
+    frames: int
+    pts: tuple[int, ...]  # its frames' times from its first frame, in the source's time base
+    duration: float  # s, from its first frame to the next segment's (the last: to the end)
+
+
+def check_accounting(total: int, counts: Sequence[int]) -> None:
+    """Segment frame counts must add up to the source's, or frames went missing at a cut."""
+    if sum(counts) != total:
+        raise VideoError(
+            f"split frames do not add up: the segments hold {sum(counts)} {list(counts)}, the source "
+            f"{total}. It may have open GOPs that cannot be cut there; --segment-seconds 0 keeps it whole."
+        )
+
+
+def split(info: VideoInfo, out_dir: Path, seconds: float) -> list[Segment]:
+    """Cut the video stream at keyframes every ~``seconds`` (0: one segment) by stream copy."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("seg_*.mkv"):
+        old.unlink()
+    cmd = [FFMPEG, *QUIET, "-i", info.path, "-map", f"0:{info.index}", "-c", "copy", "-f", "segment"]
+    cmd += ["-segment_time", f"{seconds:.3f}" if seconds > 0 else "99999999", "-reset_timestamps", "1"]
+    cmd += ["-segment_format", "matroska", str(out_dir / "seg_%05d.mkv")]
+    run_ffmpeg(cmd, f"splitting {info.path}")
+    paths = sorted(out_dir.glob("seg_*.mkv"))
+    passes = [frame_pass(p, "v:0") for p in paths]
+    check_accounting(info.frames, [len(f.pts) for f in passes])
+    half_frame = float(info.tb * info.last_duration) / 2
+    segments, first, tb = [], 0, info.tb
+    for i, (path, seg) in enumerate(zip(paths, passes, strict=True)):
+        n = len(seg.pts)
+        rel = tuple(t - info.pts[first] for t in info.pts[first : first + n])
+        end = info.pts[first + n] if first + n < info.frames else info.pts[-1] + info.last_duration
+        # Each segment's frames must sit where the source's do: a shift means frames moved at the cut.
+        drift = max(abs((s - seg.pts[0]) * seg.tb - r * tb) for s, r in zip(seg.pts, rel, strict=True))
+        if drift > max(0.002, half_frame):
+            raise VideoError(
+                f"segment {i} of {info.path}: its frames are {float(drift):.3f} s off the source's"
+            )
+        segments.append(Segment(i, str(path), first, n, rel, float((end - info.pts[first]) * tb)))
+        first += n
+    return segments
+
+
+def source_matrix(info: VideoInfo) -> str:
+    """The matrix the source's YCbCr was made with: its tag, or the usual guess for its height."""
+    if info.colour.matrix in SCALE_MATRIX:
+        return info.colour.matrix
+    if info.height >= 720:
+        return "bt709"
+    return "bt470bg" if info.height in (288, 576) else "smpte170m"
+
+
+def colour_range(info: VideoInfo) -> str:
+    rgb = info.pix_fmt.startswith(("rgb", "bgr", "gbr", "argb", "abgr", "pal"))
+    return "pc" if info.colour.range == "pc" and not rgb else "tv"
+
+
+def output_colour(info: VideoInfo, out_height: int) -> Colour:
+    """BT.601 upscaled to HD becomes BT.709 (what HD players assume); otherwise the source's, kept.
+
+    Primaries are re-tagged, not gamut-mapped: SMPTE 170M and BT.709 primaries differ slightly.
+    """
+    matrix = source_matrix(info)
+    if matrix in BT601 and out_height >= 720:
+        return Colour("bt709", "bt709", "bt709", colour_range(info))
+    prim, trc = DEFAULT_TAGS.get(matrix, ("unknown", "unknown"))
+    c = info.colour
+    prim = c.primaries if c.primaries not in ("unknown", "reserved") else prim
+    trc = c.transfer if c.transfer not in ("unknown", "reserved") else trc
+    return Colour(matrix, prim, trc, colour_range(info))
+
+
+@dataclass(frozen=True)
+class Encode:
+    codec: str = "libx264"
+    crf: int = 18
+    preset: str = "medium"
+    pix_fmt: str = "yuv420p"
+
+
+def resolve_pix_fmt(requested: str, info: VideoInfo) -> str:
+    """``auto``: 10-bit output for a deeper source (the model is 8-bit, but 10 bits spare the banding)."""
+    if requested != "auto":
+        return requested
+    return "yuv420p10le" if info.bit_depth > 8 else "yuv420p"
+
+
+def output_size(info: VideoInfo, scale: int) -> tuple[int, int]:
+    """The upscaled display size, padded to even sides for 4:2:0 (only odd scales ever need it)."""
+    w, h = info.display_size
+    return w * scale + (w * scale) % 2, h * scale + (h * scale) % 2
+
+
+def decode_filters(info: VideoInfo, deinterlace: bool) -> str:
+    """Deinterlace (one frame per frame), rotate upright, YCbCr -> rgb24 with the source's matrix."""
+    filters = ["bwdif=mode=send_frame:parity=auto:deint=all"] if deinterlace else []
+    filters += {90: ["transpose=clock"], 180: ["hflip", "vflip"], 270: ["transpose=cclock"]}.get(
+        info.rotation, []
+    )
+    matrix, rng = SCALE_MATRIX[source_matrix(info)], colour_range(info)
+    filters.append(f"scale=in_color_matrix={matrix}:in_range={rng}:flags=accurate_rnd+full_chroma_int")
+    return ",".join([*filters, "format=rgb24"])
+
+
+def pts_expression(pts: Sequence[int]) -> str:
+    """A setpts expression giving frame N the time ``pts[N]``: one clipped ramp per run of equal steps."""
+    deltas = [b - a for a, b in itertools.pairwise(pts)]
+    terms, i = [], 0
+    while i < len(deltas):
+        j = i
+        while j + 1 < len(deltas) and deltas[j + 1] == deltas[i]:
+            j += 1
+        terms.append(f"{deltas[i]}*clip(N-{i},0,{j - i + 1})")
+        i = j + 1
+    return "+".join(terms) or "0"
+
+
+def encode_cmd(dst: Path, info: VideoInfo, seg: Segment, scale: int, enc: Encode) -> list[str]:
+    """ffmpeg reading rgb24 frames on stdin and writing ``dst`` with the source's frame times."""
+    w, h = info.display_size
+    out_w, out_h = output_size(info, scale)
+    colour, rate, tb = output_colour(info, out_h), info.frame_rate, info.tb
+    filters = [f"settb={tb.numerator}/{tb.denominator}", f"setpts='{pts_expression(seg.pts)}'"]
+    if (out_w, out_h) != (w * scale, h * scale):
+        filters.append(f"pad={out_w}:{out_h}")
+    if info.sar not in ("1:1", "0:1", "N/A", ""):
+        filters.append(f"setsar={info.sar.replace(':', '/')}")
+    filters.append(
+        f"scale=out_color_matrix={SCALE_MATRIX[colour.matrix]}:out_range={colour.range}:flags=accurate_rnd"
+    )
+    cmd = [FFMPEG, *QUIET, "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w * scale}x{h * scale}"]
+    cmd += ["-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "-"]
+    cmd += ["-vf", ",".join([*filters, f"format={enc.pix_fmt}"]), "-fps_mode", "passthrough"]
+    # the encoder keeps the source's time base: its default, 1/frame rate, would round VFR times
+    cmd += ["-enc_time_base", f"{tb.numerator}/{tb.denominator}"]
+    cmd += ["-c:v", enc.codec, "-preset", enc.preset, "-crf", str(enc.crf)]
+    cmd += ["-x265-params", "log-level=error"] if enc.codec == "libx265" else []
+    tags = {"colorspace": colour.matrix, "color_primaries": colour.primaries, "color_trc": colour.transfer}
+    for opt, value in tags.items():
+        cmd += [f"-{opt}", value] if value != "unknown" else []
+    return [*cmd, "-color_range", colour.range, "-f", "matroska", str(dst)]
+
+
+def upscale_segment(
+    seg: Segment,
+    dst: Path,
+    info: VideoInfo,
+    upscale: Callable[[np.ndarray], np.ndarray],
+    scale: int,
+    enc: Encode,
+    *,
+    deinterlace: bool = False,
+    batch: int = 4,
+    progress: Callable[[int], object] | None = None,
+    keep_frames: Path | None = None,
+) -> int:
+    """Decode ``seg`` to rgb24, ``upscale`` batches of (N, H, W, 3) uint8, encode to ``dst`` (atomic)."""
+    w, h = info.display_size
+    frame_bytes, done = w * h * 3, 0
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    dec_cmd = [FFMPEG, *QUIET, "-noautorotate", "-i", seg.path, "-map", "0:v:0"]
+    dec_cmd += ["-vf", decode_filters(info, deinterlace), "-fps_mode", "passthrough", "-f", "rawvideo", "-"]
+    # stderr goes to files: a full stderr pipe would block ffmpeg while we wait on its stdout
+    with tempfile.TemporaryFile() as dec_err, tempfile.TemporaryFile() as enc_err:
+        dec = subprocess.Popen(dec_cmd, stdout=subprocess.PIPE, stderr=dec_err)
+        encoder = subprocess.Popen(
+            encode_cmd(tmp, info, seg, scale, enc), stdin=subprocess.PIPE, stderr=enc_err
+        )
+        assert dec.stdout is not None and encoder.stdin is not None
+        try:
+            while data := dec.stdout.read(frame_bytes * batch):
+                if len(data) % frame_bytes:
+                    raise RuntimeError(f"segment {seg.index}: the decoder stopped mid-frame")
+                frames = np.frombuffer(bytearray(data), np.uint8).reshape(-1, h, w, 3)  # (N, H, W, 3)
+                out = upscale(frames)  # (N, H*s, W*s, 3)
+                if out.shape != (len(frames), h * scale, w * scale, 3) or out.dtype != np.uint8:
+                    raise RuntimeError(f"the upscaler gave {out.shape} {out.dtype} for {frames.shape}")
+                try:
+                    encoder.stdin.write(np.ascontiguousarray(out).data)
+                except BrokenPipeError:
+                    break  # the encoder died: its exit status and stderr say why
+                if keep_frames is not None:
+                    save_frames(keep_frames, seg.first + done, out)
+                done += len(frames)
+                if progress is not None:
+                    progress(len(frames))
+            encoder.stdin.close()
+            codes = {"decoding": (dec.wait(), dec_err), "encoding": (encoder.wait(), enc_err)}
+        except BaseException:
+            for proc in (dec, encoder):
+                proc.kill()
+                proc.wait()
+            tmp.unlink(missing_ok=True)
+            raise
+        for what, (rc, err) in codes.items():
+            if rc != 0:
+                tmp.unlink(missing_ok=True)
+                err.seek(0)
+                msg = _tail(err.read().decode(errors="replace"))
+                raise RuntimeError(f"{what} segment {seg.index} failed (exit {rc}): {msg}")
+    if done != seg.frames:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"segment {seg.index}: {done} frames decoded, {seg.frames} expected")
+    os.replace(tmp, dst)
+    return done
+
+
+def save_frames(folder: Path, first: int, frames: np.ndarray) -> None:
+    """(N, H, W, 3) uint8 -> ``folder/{first + i:06d}.png``, for inspection."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{first + i:06d}.png", compress_level=1)
+
+
+def extract_frame(info: VideoInfo, frame: int, deinterlace: bool = False) -> np.ndarray:
+    """One source frame as the upscaler sees it: (H, W, 3) uint8."""
+    t = float((info.pts[frame] - info.pts[0]) * info.tb)
+    cmd = [FFMPEG, *QUIET, "-noautorotate", "-i", info.path, "-map", f"0:{info.index}", "-ss", f"{t:.6f}"]
+    cmd += ["-vf", decode_filters(info, deinterlace), "-frames:v", "1", "-f", "rawvideo", "-"]
+    data = subprocess.run(cmd, capture_output=True, check=True).stdout
+    w, h = info.display_size
+    return np.frombuffer(data[: w * h * 3], np.uint8).reshape(h, w, 3).copy()
+
+
+def count_packets(path: Path, stream: str = "v:0") -> int:
+    """Packets of one stream, without decoding; -1 when the file cannot be read."""
+    cmd = [FFPROBE, "-v", "error", "-select_streams", stream, "-count_packets"]
+    res = subprocess.run(
+        [*cmd, "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    return (_int(res.stdout.strip().split(",")[0]) or 0) if res.returncode == 0 else -1
+
+
+def concat(parts: Sequence[Path], durations: Sequence[float], dst: Path) -> None:
+    """Join encoded segments by stream copy, each starting where its source segment started."""
+    listing = dst.with_name(dst.name + ".ffconcat")
+    lines = ["ffconcat version 1.0"]
+    for part, duration in zip(parts, durations, strict=True):
+        quoted = str(Path(part).resolve()).replace("'", "'\\''")
+        lines += [f"file '{quoted}'", f"duration {duration:.6f}"]
+    listing.write_text("\n".join(lines) + "\n")
+    cmd = [FFMPEG, *QUIET, "-y", "-f", "concat", "-safe", "0", "-i", str(listing)]
+    run_ffmpeg([*cmd, "-map", "0:v", "-c", "copy", "-f", "matroska", str(dst)], "joining the segments")
+    listing.unlink()
+
+
+def mux(video: Path, info: VideoInfo, dst: Path, codec: str = "libx264") -> None:
+    """The new video plus every audio, subtitle, attachment and chapter of the source, copied as is."""
+    cmd = [FFMPEG, *QUIET, "-y"]
+    offset = info.video_start - info.start_time  # where the video starts among the source's streams
+    if abs(offset) > 1e-6:
+        cmd += ["-itsoffset", f"{offset:.6f}"]
+    cmd += ["-i", str(video), "-i", info.path, "-map", "0:v:0"]
+    cmd += ["-map", "1:a?", "-map", "1:s?", "-map", "1:t?"]  # every audio, subtitle and attachment
+    cmd += ["-map_chapters", "1", "-map_metadata", "1", "-c", "copy", "-max_muxing_queue_size", "4096"]
+    # Setting one disposition by hand stops ffmpeg marking streams default by itself: all stay as they were.
+    cmd += ["-metadata:s:v:0", f"language={info.language}", "-disposition:v:0", info.disposition]
+    if dst.suffix.lower() in (".mp4", ".m4v", ".mov"):
+        cmd += ["-movflags", "+faststart", *(["-tag:v", "hvc1"] if codec == "libx265" else [])]
+    try:
+        run_ffmpeg([*cmd, str(dst)], "muxing")
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}\n(.mkv holds any stream; {dst.suffix} may not hold all the source's)") from e
+
+
+def _packets(path: Path | str, stream: str) -> tuple[Fraction, list[int], list[int]]:
+    """A stream's time base, and its packets' pts (sorted) and durations, without decoding."""
+    cmd = [FFPROBE, "-v", "error", "-select_streams", stream, "-show_entries"]
+    cmd += ["stream=time_base:packet=pts,duration", "-of", "compact", str(path)]
+    rows = _compact(run_ffmpeg(cmd, f"reading packets of {path}").stdout)
+    tb = next((Fraction(r["time_base"]) for s, r in rows if s == "stream" and "time_base" in r), Fraction(1))
+    packets = sorted(
+        (_int(r.get("pts")) or 0, _int(r.get("duration")) or 0) for s, r in rows if s == "packet"
+    )
+    return tb, [p for p, _ in packets], [d for _, d in packets]
+
+
+def stream_hashes(path: Path | str, kind: str) -> list[str]:
+    """sha256 of the packets' bytes of every stream of ``kind`` (a, s): the container does not matter."""
+    cmd = [FFMPEG, *QUIET, "-i", str(path), "-map", f"0:{kind}", "-c", "copy", "-f", "streamhash"]
+    out = run_ffmpeg([*cmd, "-hash", "sha256", "-"], f"hashing {path}").stdout
+    return [line.split(",", 2)[2] for line in out.splitlines() if line.count(",") >= 2]
+
+
+def _layout(streams: list[dict[str, Any]]) -> list[str]:
+    """type:codec:language:dispositions of each audio, subtitle and attachment stream, in order."""
+    out = []
+    for s in streams:
+        if s["codec_type"] in ("audio", "subtitle", "attachment"):
+            flags = "+".join(k for k in ("default", "forced") if s.get("disposition", {}).get(k))
+            lang = s.get("tags", {}).get("language", "und")
+            out.append(f"{s['codec_type']}:{s.get('codec_name')}:{lang}:{flags}")
+    return out
+
+
+def verify(info: VideoInfo, output: Path, scale: int) -> dict[str, dict[str, Any]]:
+    """Check ``output`` against its source: every check comes back, and any failure raises."""
+    src, out = ffprobe_json(info.path), ffprobe_json(output)
+    checks: dict[str, dict[str, Any]] = {}
+
+    def check(name: str, expected: Any, actual: Any, ok: bool | None = None) -> None:
+        checks[name] = {
+            "ok": expected == actual if ok is None else ok,
+            "expected": expected,
+            "actual": actual,
+        }
+
+    video = next(s for s in out["streams"] if s["codec_type"] == "video")
+    tb, pts, durs = _packets(output, "v:0")
+    frame = 1 / float(info.frame_rate)
+    check("frames", info.frames, len(pts))
+    check("size", list(output_size(info, scale)), [video.get("width"), video.get("height")])
+    if pts:
+        last = durs[-1] or (pts[-1] - pts[-2] if len(pts) > 1 else 0)
+        span = float((pts[-1] + last - pts[0]) * tb)
+        check(
+            "duration",
+            round(info.video_duration, 4),
+            round(span, 4),
+            abs(span - info.video_duration) <= frame,
+        )
+    if len(pts) == info.frames:  # every frame where its source frame was: VFR kept, no drift
+        drift = max(
+            abs((p - pts[0]) * tb - (s - info.pts[0]) * info.tb) for p, s in zip(pts, info.pts, strict=True)
+        )
+        check("max_drift", "<= 0.002", round(float(drift), 4), drift <= 0.002)  # ms rounding in .mkv
+    d_src, d_out = float(src["format"].get("duration", 0)), float(out["format"].get("duration", 0))
+    check("container_duration", round(d_src, 4), round(d_out, 4), abs(d_src - d_out) <= frame)
+    check("streams", _layout(src["streams"]), _layout(out["streams"]))
+    for kind in ("audio", "subtitle"):
+        hashes = [
+            stream_hashes(p, kind[0]) if any(s["codec_type"] == kind for s in d["streams"]) else []
+            for p, d in ((info.path, src), (output, out))
+        ]
+        check(f"{kind}_sha256", hashes[0], hashes[1])
+    check("chapters", len(src.get("chapters", [])), len(out.get("chapters", [])))
+    failed = [f"{k}: expected {c['expected']}, got {c['actual']}" for k, c in checks.items() if not c["ok"]]
+    if failed:
+        raise VerifyError(f"{output} does not match its source: " + "; ".join(failed))
+    return checks

@@ -1,0 +1,199 @@
+"""The remaster-episode flow end to end with a tiny model: in process, killed and resumed through
+the CLI, and through ``remaster watch``. One Prefect test server serves the whole module."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import prefect.settings
+import pytest
+from PIL import Image
+from prefect.testing.utilities import prefect_test_harness
+from test_video import make_episode
+
+from flows import remaster, watch
+from models.a2n import A2N, A2NConfig
+from models.checkpoint import save_checkpoint
+from stages import video
+from stages.params import RemasterParams
+from stages.tracking import NullTracker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RecordingTracker(NullTracker):
+    """Keeps what the flow tracks, for the test to look at."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, str]] = []
+        self.params: dict[str, Any] = {}
+        self.metrics: dict[str, float] = {}
+        self.artifacts: dict[str, tuple[int, ...]] = {}
+        self.dicts: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def start_run(
+        self, experiment: str, run_name: str, tags: Mapping[str, str] | None = None
+    ) -> Iterator[None]:
+        self.runs.append((experiment, run_name))
+        self.run_id = "run-1"
+        yield
+        self.run_id = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.params.update(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.metrics.update(metrics)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.artifacts[path.name] = np.asarray(Image.open(path)).shape
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        self.dicts[name] = json.loads(json.dumps(data, default=str))
+
+
+@pytest.fixture(scope="module")
+def api_url() -> Iterator[str]:
+    with prefect_test_harness(server_startup_timeout=180):
+        yield str(prefect.settings.PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("assets")
+    cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
+    save_checkpoint(folder / "tiny_x2.pt", A2N(cfg), cfg)
+    return {"model": folder / "tiny_x2.pt", "episode": make_episode(folder), "none": folder / "none.yaml"}
+
+
+def settings(assets: dict[str, Path], seconds: float = 0.5) -> RemasterParams:
+    return RemasterParams(
+        scale=2, model=str(assets["model"]), segment_seconds=seconds, preset="ultrafast", workers=1
+    )
+
+
+def cli_args(assets: dict[str, Path], seconds: float = 0.5) -> list[str]:
+    flags = ["--scale", "2", "--model", str(assets["model"]), "--segment-seconds", str(seconds)]
+    return [*flags, "--preset", "ultrafast", "--workers", "1", "--no-track", "--params", str(assets["none"])]
+
+
+@pytest.fixture(scope="module")
+def baseline(
+    api_url: str, assets: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("baseline") / "episode_x2.mkv"
+    tracker = RecordingTracker()
+    p = settings(assets)
+    summary = remaster.with_workers(p)(str(assets["episode"]), str(out), p, tracker=tracker)
+    return {"summary": summary, "tracker": tracker, "out": out}
+
+
+def test_the_flow_remasters_an_episode_and_tracks_it(
+    assets: dict[str, Path], baseline: dict[str, Any]
+) -> None:
+    summary, out = baseline["summary"], baseline["out"]
+    assert out.exists() and not out.with_name(out.name + ".parts").exists()
+    assert summary["frames"] == 48 and summary["segments"] == 4 and summary["run"]["segments_reused"] == 0
+    assert all(check["ok"] for check in summary["verify"].values())
+    assert summary["verify"]["size"]["actual"] == [192, 144]
+    info = video.probe(out)
+    assert info.frames == 48 and info.streams[1:] == video.probe(assets["episode"]).streams[1:]
+    assert video.stream_hashes(out, "a") == video.stream_hashes(assets["episode"], "a")
+    trk = baseline["tracker"]
+    assert trk.runs == [("remaster", "episode-x2")]
+    assert trk.params["model_sha256"] == summary["model"]["sha256"] and trk.params["remaster.scale"] == 2
+    assert trk.metrics["frames"] == 48 and trk.metrics["fps"] > 0 and "seconds_upscale" in trk.metrics
+    assert trk.artifacts["sample_bicubic_vs_a2n.png"] == (144, 2 * 192, 3)  # bicubic | A2N
+    assert trk.dicts["summary.json"]["verify"]["frames"]["ok"]
+
+
+def test_a_killed_run_resumes_with_its_finished_segments(
+    api_url: str, assets: dict[str, Path], baseline: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "episode_x2.mkv"
+    cmd = [sys.executable, "-m", "flows.remaster", str(assets["episode"]), "-o", str(out), *cli_args(assets)]
+    cmd += ["--summary", str(tmp_path / "summary.json"), "--metrics", str(tmp_path / "metrics.json")]
+    env = {**os.environ, "PREFECT_API_URL": api_url}  # the module's test server, not a new one
+    parts = out.with_name(out.name + ".parts")
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while not list(parts.glob("*/out/seg_*.mkv")):
+                assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no segment finished in time"
+                time.sleep(0.02)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)  # the run and its ffmpeg children, mid-segment
+            first.wait()
+    finished = sorted(parts.glob("*/out/seg_*.mkv"))
+    assert 1 <= len(finished) < 4 and not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".mkv"] == []  # nothing looks finished
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    logs = second.stdout + second.stderr
+    assert second.returncode == 0, logs[-3000:]
+    assert f"4 segments: {len(finished)} reused from an earlier run, {4 - len(finished)} to upscale" in logs
+    assert out.exists() and not parts.exists()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "run" not in summary and all(check["ok"] for check in summary["verify"].values())
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["verified"] is True and metrics["frames"] == 48 and metrics["max_drift_s"] <= 0.002
+    assert video.count_packets(out) == video.count_packets(baseline["out"]) == 48
+    assert video.stream_hashes(out, "a") == video.stream_hashes(baseline["out"], "a")
+
+
+def test_watch_once_remasters_a_dropped_file_once(
+    api_url: str, assets: dict[str, Path], tmp_path: Path
+) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    shutil.copy(assets["episode"], inbox / "ep01.mkv")
+    (inbox / "notes.txt").write_text("not a video: ignored")
+    argv = [
+        str(inbox),
+        "--out",
+        str(out),
+        "--once",
+        "--interval",
+        "0.05",
+        "--settle",
+        "2",
+        *cli_args(assets, 0),
+    ]
+    assert watch.main(argv) == 0
+    result = out / "ep01_x2.mkv"
+    assert video.count_packets(result) == 48
+    state = json.loads((out / watch.STATE).read_text())
+    assert list(state) == ["ep01.mkv"] and state["ep01.mkv"]["status"] == "done"
+    made = result.stat().st_mtime_ns
+    assert watch.main(argv) == 0  # a restart remembers what it did
+    assert result.stat().st_mtime_ns == made
+
+
+def test_bad_input_and_existing_output_fail_clearly(
+    api_url: str, assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    assert (
+        remaster.main([str(tmp_path / "notes.mp4"), "-o", str(tmp_path / "out.mkv"), *cli_args(assets)]) == 1
+    )
+    assert "not a video file ffprobe can read" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.mp4"]  # nothing half-written
+    (tmp_path / "out.mkv").write_bytes(b"precious")
+    assert remaster.main([str(assets["episode"]), "-o", str(tmp_path / "out.mkv"), *cli_args(assets)]) == 1
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "out.mkv").read_bytes() == b"precious"
