@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("flows.pipeline", "run ingest -> tile -> pack -> train as a Prefect flow"),
     "video": ("flows.remaster", "remaster a video: upscale with A2N, keep every audio/subtitle stream"),
     "watch": ("flows.watch", "remaster each new video that lands in a folder"),
+    "serve": ("flows.serve", "serve the flows as Prefect deployments"),
 }
 
 

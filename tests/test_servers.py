@@ -136,3 +136,71 @@ def test_training_against_a_real_mlflow_server(mlflow_server: str, tmp_path: Pat
     assert version["run_id"] == run_id
     found = _post(f"{api}/runs/search", {"experiment_ids": [run["info"]["experiment_id"]]})["runs"]
     assert run_id in {r["info"]["run_id"] for r in found}
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    root = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(root / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = root / "server.log"
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_healthy(f"{api}/health", proc, log)
+        yield {**env, "PREFECT_API_URL": api}
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.slow
+def test_remaster_deployment_on_a_real_prefect_server(prefect_server: dict[str, str], tmp_path: Path) -> None:
+    from models.a2n import A2N, A2NConfig
+    from models.checkpoint import save_checkpoint
+    from stages.demo import write_clip
+    from stages.video import probe
+
+    cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
+    save_checkpoint(tmp_path / "tiny.pt", A2N(cfg), cfg)
+    clip = write_clip(tmp_path / "episode.mp4", seconds=0.4, width=96, height=72)
+    out = tmp_path / "episode_x2.mkv"
+    env = {**prefect_server, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ml.db'}"}
+    log = tmp_path / "serve.log"
+    root = Path(__file__).resolve().parents[1]
+    with open(log, "wb") as f:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve", "--name", "test"],
+            cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        names: set[str] = set()
+        while time.monotonic() < deadline and "test" not in names:
+            if serve.poll() is not None:
+                pytest.fail(f"remaster serve exited:\n{log.read_text()[-3000:]}")
+            names = {d["name"] for d in _post(f"{env['PREFECT_API_URL']}/deployments/filter", {})}
+            time.sleep(1)
+        assert "test" in names, log.read_text()[-3000:]
+        params = {
+            "input_path": str(clip),
+            "output_path": str(out),
+            "params": {
+                "scale": 2,
+                "model": str(tmp_path / "tiny.pt"),
+                "segment_seconds": 0,
+                "preset": "ultrafast",
+            },
+        }
+        cmd = [str(BIN / "prefect"), "deployment", "run", "remaster-episode/test"]
+        cmd += ["--params", json.dumps(params), "--watch", "--watch-timeout", "240"]
+        run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:] + log.read_text()[-3000:]
+        assert "Completed" in run.stdout
+        got, src = probe(out), probe(clip)
+        assert (got.width, got.height) == (2 * src.width, 2 * src.height)
+        assert got.frames == src.frames
+    finally:
+        _stop(serve)
