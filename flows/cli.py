@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"remaster: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
+    sys.argv[0] = f"remaster {name}"  # what argparse shows in usage lines
     return int(module.main(rest) or 0)
 
 
