@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -70,7 +71,8 @@ def project(tmp_path: Path) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
     _tiny_params(dest / "params.yaml")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
+    ident = ["-c", "user.name=test", "-c", "user.email=test@localhost"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", *ident, "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest
 
@@ -94,6 +96,11 @@ def test_dvc_repro_runs_the_demo_end_to_end_then_has_nothing_to_do(project: Path
     run = dvc("repro")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Running stage 'train'" in run.stdout and "Running stage 'pack'" not in run.stdout
+    for stage in ("evaluate", "remaster_demo"):
+        assert f"Running stage '{stage}'" in run.stdout
+    assert (project / "reports/eval/report.html").exists()
+    assert (project / "data/remastered/clip_x4.mkv").exists()
+    assert json.loads((project / "metrics/eval.json").read_text())["scale"] == 4
     again = dvc("repro")
     assert again.returncode == 0
     assert "Data and pipelines are up to date." in again.stdout
@@ -103,6 +110,38 @@ def test_dvc_repro_runs_the_demo_end_to_end_then_has_nothing_to_do(project: Path
     assert plots.returncode == 0, plots.stderr
     html = (project / "dvc_plots" / "index.html").read_text()
     assert "Training loss" in html and "Validation Y-PSNR" in html
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_is_found_in_mlflow_by_its_name(project: Path, tmp_path: Path) -> None:
+    """`dvc exp run -S ...` trains with the override and its MLflow run carries the exp name."""
+    import mlflow
+
+    env = {**_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'exp.db'}"}
+    cmd = [
+        str(BIN / "dvc"),
+        "exp",
+        "run",
+        "-n",
+        "lr-test",
+        "-S",
+        "train.lr=0.001",
+        "-S",
+        "tracking.enabled=true",
+    ]
+    run = subprocess.run([*cmd, "train"], cwd=project, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("training")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], "tags.dvc_exp_name = 'lr-test'")
+    assert len(runs) == 1
+    assert runs[0].data.params["train.lr"] == "0.001"
+    assert runs[0].data.tags["git_commit"]
+    shown = subprocess.run(
+        [str(BIN / "dvc"), "exp", "show", "--csv"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert "lr-test" in shown.stdout
 
 
 @pytest.mark.slow
