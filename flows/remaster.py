@@ -1,7 +1,8 @@
 """The ``remaster-episode`` flow and ``remaster video``: probe -> split -> upscale -> reassemble -> verify.
 
 Segments are upscaled as Prefect tasks on a thread pool (``remaster.workers``: one at a time on
-a CPU, where one upscale already uses every core). Each finished segment stays under
+a CPU, where one upscale already uses every core), or on Dask workers (``remaster.runner``, see
+``flows.runners``), which load the model themselves once each. Each finished segment stays under
 ``OUTPUT.parts/<key>/``, where the key hashes the input file, the model file, the scale and the
 encode settings, so a killed run started again with the same command redoes only what was
 unfinished. OUTPUT appears only once complete and verified (muxed inside the parts folder, then
@@ -21,17 +22,18 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.context import FlowRunContext
+from prefect.futures import as_completed, wait
 from tqdm import tqdm
 
+from flows.runners import RUNNERS, ModelSpec, make_task_runner, runs_in_process, upscaler, worker_name
 from stages import video
 from stages.common import prepare, progress_enabled, stage_parser
 from stages.fsutil import sha256_file, write_json
@@ -47,6 +49,7 @@ CHOICES = {
     "codec": ("libx264", "libx265"),
     "pix_fmt": ("auto", "yuv420p", "yuv420p10le"),
     "deinterlace": ("auto", "on", "off"),
+    "runner": RUNNERS,
 }
 
 
@@ -114,11 +117,37 @@ def side_by_side(info: video.VideoInfo, up: Upscaler, deinterlace: bool) -> np.n
     return np.concatenate([bicubic_upscale(frame, up.scale), up.upscale_image(frame)], axis=1)
 
 
+def upscale_segment(
+    seg: video.Segment,
+    dst: Path,
+    info: video.VideoInfo,
+    model: ModelSpec,
+    enc: video.Encode,
+    *,
+    deinterlace: bool = False,
+    batch: int = 4,
+    progress: Callable[[int], object] | None = None,
+    keep_frames: Path | None = None,
+) -> int:
+    """``video.upscale_segment`` with the model ``model`` names, loaded once per process (the
+    flow's, or a Dask worker's). Returns the frames upscaled."""
+    if not Path(seg.path).exists():
+        raise FileNotFoundError(
+            f"{seg.path} is not visible on {worker_name()}: Dask workers need the output's folder "
+            "at the same path (a shared filesystem)"
+        )
+    up = upscaler(model)
+    return video.upscale_segment(
+        seg, dst, info, up.upscale_frames, model.scale, enc,
+        deinterlace=deinterlace, batch=batch, progress=progress, keep_frames=keep_frames,
+    )  # fmt: skip
+
+
 probe_task = task(name="probe", cache_policy=NO_CACHE)(video.probe)
 split_task = task(name="split", cache_policy=NO_CACHE)(plan_segments)
 upscale_task = task(
     name="upscale-segment", task_run_name="upscale-segment-{seg.index}", cache_policy=NO_CACHE
-)(video.upscale_segment)
+)(upscale_segment)
 reassemble_task = task(name="reassemble", cache_policy=NO_CACHE)(reassemble)
 verify_task = task(name="verify", cache_policy=NO_CACHE)(video.verify)
 
@@ -134,7 +163,7 @@ def upscale_all(
     segments: list[video.Segment],
     work: Path,
     info: video.VideoInfo,
-    up: Upscaler,
+    model: ModelSpec,
     p: RemasterParams,
     enc: video.Encode,
     deinterlace: bool,
@@ -142,8 +171,16 @@ def upscale_all(
 ) -> tuple[list[Path], int, int]:
     """Upscale every unfinished segment as a task; (segment outputs, segments reused, frames upscaled)."""
     logger = get_run_logger()
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx else None
+    live = runs_in_process(runner)  # tasks in this process can move the progress bar as they go
+    if p.runner == "dask" and live:
+        logger.warning(
+            "remaster.runner is dask, but this run has %s: see with_workers()", type(runner).__name__
+        )
     (work / "out").mkdir(exist_ok=True)
-    dsts = [work / "out" / f"seg_{s.index:05d}.mkv" for s in segments]
+    # absolute: a Dask worker's working directory is its own
+    dsts = [(work / "out").resolve() / f"seg_{s.index:05d}.mkv" for s in segments]
     # a finished segment has its final name (it is renamed only when whole) and all its frames
     todo = [(s, d) for s, d in zip(segments, dsts, strict=True) if video.count_packets(d) != s.frames]
     reused = len(segments) - len(todo)
@@ -151,16 +188,19 @@ def upscale_all(
     frames = sum(s.frames for s, _ in todo)
     bar = tqdm(total=info.frames, initial=info.frames - frames, unit="frame", disable=not progress_enabled())
     with bar:
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "deinterlace": deinterlace,
             "batch": p.batch,
-            "progress": bar.update,
+            "progress": bar.update if live else None,
             "keep_frames": keep_frames,
         }
-        futures = [
-            upscale_task.submit(s, d, info, up.upscale_frames, p.scale, enc, **kwargs) for s, d in todo
-        ]
-        wait(futures)
+        futures = [upscale_task.submit(s, d, info, model, enc, **kwargs) for s, d in todo]
+        if live:
+            wait(futures)
+        else:  # a worker process cannot reach this bar: count each segment as it finishes
+            frames_of = {f.task_run_id: s.frames for f, (s, _) in zip(futures, todo, strict=True)}
+            for future in as_completed(futures):
+                bar.update(frames_of[future.task_run_id])
         for future in futures:
             future.result()  # the first failure fails the run; the finished segments stay for the next
     return dsts, reused, frames
@@ -199,12 +239,13 @@ def remaster_episode(
         with locked(parts / key):
             with timed(seconds, "split"):
                 segments = split_task(info, parts / key, p.segment_seconds)
-            up = Upscaler.load(str(model_path), p.scale, precision=p.precision, tile=p.tile or None)
+            spec = ModelSpec(str(model_path.resolve()), model["sha256"], p.scale, p.precision, p.tile or None)
+            up = upscaler(spec)  # the thread pool's tasks use this one; Dask workers load their own
             model.update({k: (up.info or {}).get(k) for k in ("source", "step")})
             with timed(seconds, "upscale"):
-                frames_dir = Path(keep_frames) if keep_frames else None
+                frames_dir = Path(keep_frames).resolve() if keep_frames else None
                 dsts, reused, upscaled = upscale_all(
-                    segments, parts / key, info, up, p, enc, deinterlace, frames_dir
+                    segments, parts / key, info, spec, p, enc, deinterlace, frames_dir
                 )
             with timed(seconds, "reassemble"):
                 muxed = reassemble_task(
@@ -304,8 +345,20 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pix-fmt", choices=CHOICES["pix_fmt"])
     parser.add_argument("--segment-seconds", type=float, help="segment length; 0 = one segment")
     parser.add_argument("--deinterlace", choices=CHOICES["deinterlace"])
-    parser.add_argument("--workers", type=int, help="segments upscaled at once (0 = 1 on a CPU, 2 on a GPU)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="segments upscaled at once (0 = 1 on a CPU, 2 on a GPU); a Dask cluster has its own",
+    )
     parser.add_argument("--batch", type=int, help="frames per model call")
+    parser.add_argument(
+        "--runner", choices=CHOICES["runner"], help="upscale segments on a thread pool or on Dask workers"
+    )
+    parser.add_argument(
+        "--dask-address",
+        metavar="tcp://HOST:PORT",
+        help="a running Dask scheduler (default: a local cluster)",
+    )
 
 
 def settings(base: RemasterParams, args: argparse.Namespace) -> RemasterParams:
@@ -314,11 +367,12 @@ def settings(base: RemasterParams, args: argparse.Namespace) -> RemasterParams:
 
 
 def with_workers(p: RemasterParams) -> Any:
-    """The flow on a thread pool of ``p.workers`` (0: one on a CPU, two on a GPU)."""
+    """The flow on ``p.runner``: ``p.workers`` threads or local Dask processes (0: one on a CPU,
+    two on a GPU), or the Dask cluster at ``p.dask_address``."""
     import torch
 
     workers = p.workers or (2 if torch.cuda.is_available() else 1)
-    runner: Any = ThreadPoolTaskRunner(max_workers=workers)
+    runner: Any = make_task_runner(p.runner, p.dask_address or None, workers)
     return remaster_episode.with_options(task_runner=runner)
 
 
@@ -345,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         FileExistsError,
         ValueError,
         RuntimeError,
+        OSError,  # a Dask scheduler that cannot be reached, among others
     ) as e:
         print(f"remaster video: error: {e}", file=sys.stderr)
         return 1

@@ -23,10 +23,10 @@ fi
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   echo "NVIDIA GPU found: installing the default (CUDA) build of torch"
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  "$VENV/bin/python" -m pip install -q -e ".[dev,onnx]"
 else
   echo "no GPU: installing the CPU build of torch"
-  "$VENV/bin/python" -m pip install -q -c constraints-cpu.txt -e ".[dev]"
+  "$VENV/bin/python" -m pip install -q -c constraints-cpu.txt -e ".[dev,onnx]"
 fi
 
 "$VENV/bin/python" - <<'PY'
