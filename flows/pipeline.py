@@ -1,4 +1,4 @@
-"""The ``train-pipeline`` flow: ingest -> tile -> pack -> train, as Prefect tasks.
+"""The ``train-pipeline`` flow: ingest -> tile -> pack -> train -> evaluate, as Prefect tasks.
 
 Each task calls the same ``run()`` as the DVC stage of that name; the flow only wires paths.
 Tasks are cached on their params and the state of their input and output paths, so a rerun
@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import is_dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from prefect import flow, get_client, task
 from prefect.context import TaskRunContext
 
-from stages import ingest, pack, tile, train
+from stages import evaluate, ingest, pack, tile, train
 from stages.common import quiet_environment, setup_logging
 from stages.params import as_dict, load_params
 from stages.tracking import Tracker, make_tracker
@@ -62,9 +63,16 @@ def inputs_key(stage: str, paths: tuple[str, ...]) -> Callable[[TaskRunContext, 
     def key(_: TaskRunContext, parameters: dict[str, Any]) -> str:
         h = hashlib.sha256(stage.encode())
         h.update(code_version(f"stages.{stage}").encode())
-        h.update(json.dumps(as_dict(parameters["params"]), sort_keys=True).encode())
+        for name, value in sorted(parameters.items()):
+            if name == "tracker":
+                continue
+            plain = as_dict(value) if is_dataclass(value) else value
+            h.update(f"|{name}={json.dumps(plain, sort_keys=True, default=str)}".encode())
         for name in paths:
-            h.update(f"|{name}={parameters[name]}:{fingerprint(Path(parameters[name]))}".encode())
+            value = parameters.get(name)
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if item is not None:
+                    h.update(f"|{name}:{fingerprint(Path(item))}".encode())
         return h.hexdigest()
 
     return key
@@ -84,6 +92,7 @@ ingest_task = _stage_task("ingest", ("source",))(ingest.run)
 tile_task = _stage_task("tile", ("ingested",))(tile.run)
 pack_task = _stage_task("pack", ("ingested", "tiles_dir"))(pack.run)
 train_task = _stage_task("train", ("train_h5", "val_h5"), tags=(GPU_TAG,))(train.run)
+evaluate_task = _stage_task("evaluate", ("model", "val_h5", "hr_dirs"), tags=(GPU_TAG,))(evaluate.run)
 
 
 def _call(step: Any, outputs: list[Path], *args: Any, **kwargs: Any) -> Any:
@@ -111,8 +120,9 @@ def train_pipeline(
     data_dir: str = "data",
     runs_dir: str = "runs/train",
     tracker: Any = None,
+    reports_dir: str = "reports/eval",
 ) -> dict[str, Any]:
-    """Run the data stages and training with the params in ``params_path``."""
+    """Run the data stages, training and evaluation with the params in ``params_path``."""
     params = load_params(params_path, overrides or [])
     ensure_gpu_limit()
     trk: Tracker = tracker if tracker is not None else make_tracker(params.tracking.enabled)
@@ -136,6 +146,19 @@ def train_pipeline(
         trk,
         metrics_path=Path("metrics/train.json"),
         plots_dir=Path("plots/train"),
+    )
+    reports = Path(reports_dir)
+    summary["evaluate"] = _call(
+        evaluate_task,
+        [reports / "metrics.json", reports / "report.html"],
+        params.evaluate,
+        params.train.scale,
+        reports,
+        trk,
+        model=params.evaluate.model or str(runs / "best.pt"),
+        val_h5=packed / "val.h5",
+        hr_dirs=[Path(d) for d in params.evaluate.hr_dirs],
+        metrics_path=Path("metrics/eval.json"),
     )
     return summary
 

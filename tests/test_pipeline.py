@@ -167,6 +167,8 @@ def test_prefect_flow_runs_the_same_stages(tmp_path: Path, monkeypatch: pytest.M
         assert summary["tile"]["tiles_train"] + summary["tile"]["tiles_val"] == 27
         assert summary["pack"]["tiles_train"] == 18
         assert summary["train"]["step"] == 4
+        assert summary["evaluate"]["n_images"] == 9  # the val tiles
+        assert (tmp_path / "reports/eval/report.html").exists()
         stamps = [p.stat().st_mtime_ns for p in outputs]
         # Unchanged inputs: every step comes from the cache and no output is rewritten.
         again = train_pipeline(*args)
