@@ -103,12 +103,17 @@ class AAB(nn.Module):
         self.non_attention = nn.Conv2d(nf, nf, k, padding=(k - 1) // 2, bias=False)
         self.conv_last = nn.Conv2d(nf, nf, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def branch_weights(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, C) mean of the block's first activation -> (B, 2) attention/non-attention weights."""
+        return F.softmax(self.ADM(pooled) / self.temperature, dim=1)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``weights`` (B, 2) replaces the pooled ones; tiled inference pools over the whole image."""
         y = _lrelu(self.conv_first(x))  # (B, C, H, W)
-        pooled = y.mean(dim=(2, 3))  # (B, C)
-        w = F.softmax(self.ADM(pooled) / self.temperature, dim=1)  # (B, 2)
-        w_att = w[:, 0].view(-1, 1, 1, 1)
-        w_non = w[:, 1].view(-1, 1, 1, 1)
+        if weights is None:
+            weights = self.branch_weights(y.mean(dim=(2, 3)))  # (B, 2)
+        w_att = weights[:, 0].view(-1, 1, 1, 1)
+        w_non = weights[:, 1].view(-1, 1, 1, 1)
         mixed = self.attention(y) * w_att + self.non_attention(y) * w_non  # (B, C, H, W)
         out: torch.Tensor = self.conv_last(_lrelu(mixed)) + x  # (B, C, H, W)
         return out
@@ -151,10 +156,17 @@ class A2N(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) RGB in [0, 1] -> (B, 3, H*s, W*s) RGB in [0, 1], not clamped."""
+        fea = self.conv_first(x * self.config.rgb_range)  # (B, nf, H, W)
+        return self.tail(x, self.AAB_trunk(fea))
+
+    def tail(self, x: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+        """Everything after the AAB trunk: (B, 3, H, W) input, (B, nf, H, W) trunk output -> SR.
+
+        Separate so that tiled inference can run the trunk block by block and then this.
+        """
         s = self.config.scale
         x = x * self.config.rgb_range  # (B, 3, H, W) on 0..rgb_range
-        fea = self.conv_first(x)  # (B, nf, H, W)
-        fea = fea + self.trunk_conv(self.AAB_trunk(fea))  # (B, nf, H, W)
+        fea = self.conv_first(x) + self.trunk_conv(trunk)  # (B, nf, H, W)
         if s == 4:
             fea = self._up_step(fea, 2, self.upconv1, self.att1, self.HRconv1)  # (B, unf, 2H, 2W)
             fea = self._up_step(fea, 2, self.upconv2, self.att2, self.HRconv2)  # (B, unf, 4H, 4W)

@@ -36,7 +36,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from models.a2n import A2N, AAB, A2NConfig, _lrelu
 from models.checkpoint import load_model
@@ -157,17 +156,11 @@ def _feature_store(device: torch.device, nbytes: int) -> torch.device:
 
 
 def _adm_weights(block: AAB, pooled: torch.Tensor) -> torch.Tensor:
-    """(B, C) pooled features -> (B, 2) branch weights, as in ``AAB.forward``."""
-    return F.softmax(block.ADM(pooled) / block.temperature, dim=1)
+    return block.branch_weights(pooled)  # (B, C) -> (B, 2)
 
 
 def _aab(block: AAB, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``AAB.forward`` with its ADM weights (B, 2) given instead of pooled from ``x``."""
-    y = _lrelu(block.conv_first(x))  # (B, C, h, w)
-    w_att, w_non = w[:, 0].view(-1, 1, 1, 1), w[:, 1].view(-1, 1, 1, 1)
-    mixed = block.attention(y) * w_att + block.non_attention(y) * w_non
-    out: torch.Tensor = block.conv_last(_lrelu(mixed)) + x
-    return out
+    return block(x, w)  # ``AAB.forward`` with its ADM weights (B, 2) given
 
 
 def _pooled_sum(block: AAB, x: torch.Tensor) -> torch.Tensor:
@@ -176,17 +169,7 @@ def _pooled_sum(block: AAB, x: torch.Tensor) -> torch.Tensor:
 
 
 def _tail(model: A2N, x: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
-    """The rest of ``A2N.forward`` after ``AAB_trunk``: (B, 3, h, w), (B, nf, h, w) -> (B, 3, h*s, w*s)."""
-    cfg = model.config
-    xr = x * cfg.rgb_range
-    fea = model.conv_first(xr) + model.trunk_conv(trunk)  # (B, nf, h, w)
-    if cfg.scale == 4:
-        fea = model._up_step(fea, 2, model.upconv1, model.att1, model.HRconv1)
-        fea = model._up_step(fea, 2, model.upconv2, model.att2, model.HRconv2)
-    else:
-        fea = model._up_step(fea, cfg.scale, model.upconv1, model.att1, model.HRconv1)
-    base = F.interpolate(xr, scale_factor=cfg.scale, mode="bilinear", align_corners=False)
-    return (model.conv_last(fea) + base) / cfg.rgb_range  # (B, 3, h*s, w*s)
+    return model.tail(x, trunk)  # (B, 3, h, w), (B, nf, h, w) -> (B, 3, h*s, w*s)
 
 
 @functools.cache
