@@ -113,8 +113,12 @@ def _train(
         return {**summary, "resumed_from": resumed_from, "run_id": None}
 
     if hist.step >= p.iterations:
-        log.info("%s is at step %d of %d: nothing to train; metrics rewritten", last, hist.step, p.iterations)
-        return write_outputs()
+        log.info("%s is at step %d of %d: nothing to train; outputs rewritten", last, hist.step, p.iterations)
+        summary = write_outputs()
+        if rt.is_main and plots_dir is not None and best.exists():
+            # DVC removes a stage's outputs before running it: every one must be written again.
+            _log_artifacts(NullTracker(), p, cfg, best, val_tiles, rt, plots_dir, metrics_path, hist)
+        return summary
 
     model.to(rt.device, memory_format=rt.memory_format)  # type: ignore[call-overload]
     opt = torch.optim.Adam(model.parameters(), lr=p.lr, betas=(0.9, 0.999))

@@ -175,13 +175,22 @@ def test_resumed_run_matches_uninterrupted(
     for k, v in full["model"].items():
         assert torch.equal(v, split["model"][k]), k
     assert torch.equal(full["extra"]["loss"], split["extra"]["loss"])
-    # A finished run does nothing but rewrite its metrics.
+    # A finished run trains no more, but writes every output again (DVC deletes them first).
     (tmp_path / "m.json").unlink()
+    plots = tmp_path / "plots"
     again = train.run(
-        p, *data, tmp_path / "split", NullTracker(), metrics_path=tmp_path / "m.json", progress=False
+        p,
+        *data,
+        tmp_path / "split",
+        NullTracker(),
+        metrics_path=tmp_path / "m.json",
+        plots_dir=plots,
+        progress=False,
     )
     assert again["step"] == 6 and json.loads((tmp_path / "m.json").read_text())["step"] == 6
     assert read_checkpoint(tmp_path / "split" / "last.pt")["step"] == 6
+    written = {f.name for f in plots.iterdir()}
+    assert written == {"loss.csv", "val.csv", "loss.png", "psnr.png", "sample.png"}
 
 
 def test_changed_hparams_or_data_start_fresh(
