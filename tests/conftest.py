@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,16 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory) -> None:
     state = tmp_path_factory.mktemp("state")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{state / 'mlflow.db'}"
     os.environ["PREFECT_HOME"] = str(state / "prefect")
+
+
+@pytest.fixture(scope="module")
+def api_url() -> Iterator[str]:
+    """A temporary Prefect API for one test module (starting one takes seconds)."""
+    import prefect
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield str(prefect.settings.PREFECT_API_URL.value())
 
 
 @pytest.fixture(scope="session")

@@ -9,23 +9,15 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import prefect.settings
 import pytest
 from distributed import Client, LocalCluster, get_task_stream
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.testing.utilities import prefect_test_harness
 from prefect_dask import DaskTaskRunner
 
 from flows import remaster, runners
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
 from stages import demo, video
-
-
-@pytest.fixture(scope="module")
-def api_url() -> Iterator[str]:
-    with prefect_test_harness(server_startup_timeout=180):
-        yield str(prefect.settings.PREFECT_API_URL.value())
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import prefect.settings
 import pytest
 from PIL import Image
-from prefect.testing.utilities import prefect_test_harness
 from test_video import make_episode
 
 from flows import remaster, watch
@@ -62,12 +60,6 @@ class RecordingTracker(NullTracker):
 
     def log_dict(self, data: Mapping[str, Any], name: str) -> None:
         self.dicts[name] = json.loads(json.dumps(data, default=str))
-
-
-@pytest.fixture(scope="module")
-def api_url() -> Iterator[str]:
-    with prefect_test_harness(server_startup_timeout=180):
-        yield str(prefect.settings.PREFECT_API_URL.value())
 
 
 @pytest.fixture(scope="module")
