@@ -83,7 +83,7 @@ def main() -> int:
             "runs"
         ]
         ids = [r["info"]["run_id"] for r in runs]
-        shoot(f"{base}/#/experiments/{eid}", args.out / "mlflow_runs.png")
+        shoot(f"{base}/#/experiments/{eid}/runs", args.out / "mlflow_runs.png")
         if len(ids) >= 2:
             q = urllib.parse.quote(json.dumps(ids[:2]))
             shoot(f"{base}/#/compare-runs?runs={q}&experiments={urllib.parse.quote(json.dumps([eid]))}",
