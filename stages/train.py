@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import capture_rng_state, load_model, restore_rng_state, save_checkpoint
 from stages import train_utils as tu
+from stages.common import progress_enabled
 from stages.dataset import PairDataset, StepSampler, TileDataset
 from stages.fsutil import write_json
 from stages.params import TrainParams, as_dict, flatten, load_params
@@ -175,7 +175,7 @@ def _train(
     tags["resumed_from"] = str(resumed_from)
     if hist.run_ids:
         tags["previous_run_ids"] = ",".join(hist.run_ids)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = progress_enabled(progress)
     with tracker.start_run(EXPERIMENT, f"train-x{p.scale}", tags), logging_redirect_tqdm():
         if tracker.run_id:
             hist.run_ids.append(tracker.run_id)
