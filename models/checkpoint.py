@@ -17,8 +17,7 @@ import logging
 import os
 import random
 import re
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import safetensors.torch
 import torch
 
 from models.a2n import A2N, A2NConfig, is_upsampler_key
+from stages.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +54,6 @@ def _check_weights_only_safe(obj: Any, where: str) -> None:
         f"{where}: {type(obj).__name__} cannot be loaded with weights_only=True; "
         "store tensors, dicts, lists, numbers or strings"
     )
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -101,7 +85,8 @@ def save_checkpoint(
         "extra": dict(extra) if extra is not None else {},
     }
     _check_weights_only_safe(ckpt, "checkpoint")
-    _atomic_write(Path(path), lambda tmp: torch.save(ckpt, tmp))
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, device: str = "cpu") -> dict[str, Any]:
@@ -160,7 +145,8 @@ def save_safetensors(
             raise ValueError(f"metadata key {k!r} is reserved")
         meta[k] = v
     sd = _cpu_state_dict(model)
-    _atomic_write(Path(path), lambda tmp: safetensors.torch.save_file(sd, str(tmp), metadata=meta))
+    with atomic_path(path) as tmp:
+        safetensors.torch.save_file(sd, str(tmp), metadata=meta)
 
 
 def _torch_load(path: Path, device: str) -> Any:

@@ -12,16 +12,16 @@ import colorsys
 import contextlib
 import io
 import logging
-import os
 import random
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from stages.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -261,20 +261,9 @@ def _encode(img: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _tmp_beside(path: Path) -> Path:
-    # Not mkstemp: its 0600 mode would survive os.replace; this name gets the umask's mode.
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = _tmp_beside(path)
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_images(
@@ -336,7 +325,6 @@ def write_clip(
     path.parent.mkdir(parents=True, exist_ok=True)
     n = round(seconds * fps)
     mkv = path.suffix.lower() == ".mkv"
-    tmp = _tmp_beside(path)  # the muxer is named with -f, so the .tmp suffix is fine
     tone = "0.2*sin(2*PI*440*t)+0.08*sin(2*PI*660*t)*sin(PI*t)"
     cmd = [
         ffmpeg,
@@ -387,29 +375,24 @@ def write_clip(
         "+bitexact",
     ]
     cmd += ["-f", "matroska"] if mkv else ["-movflags", "+faststart", "-f", "mp4"]
-    cmd.append(str(tmp))
     log.info("encoding %d frames %dx%d@%d -> %s", n, width, height, fps, path)
-    try:
-        # stderr goes to a file: a full stderr pipe would deadlock us while we feed stdin
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
-            assert proc.stdin is not None
-            try:
-                for frame in _frames(seconds, fps, width, height, seed):
-                    proc.stdin.write(frame)
-            except BrokenPipeError:
-                pass  # ffmpeg died; its exit status and stderr tell why
-            finally:
-                with contextlib.suppress(BrokenPipeError):
-                    proc.stdin.close()
-                rc = proc.wait()
-            if rc != 0:
-                err.seek(0)
-                tail = err.read().decode(errors="replace")[-2000:]
-                raise RuntimeError(f"ffmpeg failed (exit {rc}) writing {path}:\n{tail}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # stderr goes to a file: a full stderr pipe would deadlock us while we feed stdin
+    with atomic_path(path) as tmp, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([*cmd, str(tmp)], stdin=subprocess.PIPE, stderr=err)  # muxer named by -f
+        assert proc.stdin is not None
+        try:
+            for frame in _frames(seconds, fps, width, height, seed):
+                proc.stdin.write(frame)
+        except BrokenPipeError:
+            pass  # ffmpeg died; its exit status and stderr tell why
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+            rc = proc.wait()
+        if rc != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"ffmpeg failed (exit {rc}) writing {path}:\n{tail}")
     return path
 
 

@@ -10,19 +10,28 @@ import contextlib
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it over ``target`` on success."""
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success, flush it to disk and rename it over
+    ``target``; on failure, remove it.
+
+    The name ``.<target>.tmp-<pid>-<random>`` is created with the process umask (mkstemp's 0600
+    would survive the rename), so a writer that picks the format from the suffix (ffmpeg,
+    Pillow) must be told the format explicitly.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import re
 import statistics
 import subprocess
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from stages.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -473,11 +474,10 @@ def upscale_segment(
     """Decode ``seg`` to rgb24, ``upscale`` batches of (N, H, W, 3) uint8, encode to ``dst`` (atomic)."""
     w, h = info.display_size
     frame_bytes, done = w * h * 3, 0
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     dec_cmd = [FFMPEG, *QUIET, "-noautorotate", "-i", seg.path, "-map", "0:v:0"]
     dec_cmd += ["-vf", decode_filters(info, deinterlace), "-fps_mode", "passthrough", "-f", "rawvideo", "-"]
     # stderr goes to files: a full stderr pipe would block ffmpeg while we wait on its stdout
-    with tempfile.TemporaryFile() as dec_err, tempfile.TemporaryFile() as enc_err:
+    with atomic_path(dst) as tmp, tempfile.TemporaryFile() as dec_err, tempfile.TemporaryFile() as enc_err:
         dec = subprocess.Popen(dec_cmd, stdout=subprocess.PIPE, stderr=dec_err)
         encoder = subprocess.Popen(
             encode_cmd(tmp, info, seg, scale, enc), stdin=subprocess.PIPE, stderr=enc_err
@@ -506,18 +506,14 @@ def upscale_segment(
             for proc in (dec, encoder):
                 proc.kill()
                 proc.wait()
-            tmp.unlink(missing_ok=True)
             raise
         for what, (rc, err) in codes.items():
             if rc != 0:
-                tmp.unlink(missing_ok=True)
                 err.seek(0)
                 msg = _tail(err.read().decode(errors="replace"))
                 raise RuntimeError(f"{what} segment {seg.index} failed (exit {rc}): {msg}")
-    if done != seg.frames:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"segment {seg.index}: {done} frames decoded, {seg.frames} expected")
-    os.replace(tmp, dst)
+        if done != seg.frames:
+            raise RuntimeError(f"segment {seg.index}: {done} frames decoded, {seg.frames} expected")
     return done
 
 
