@@ -20,6 +20,7 @@ from typing import Any
 from prefect import flow, get_client, task
 from prefect.context import TaskRunContext
 
+from flows.runners import RUNNERS, flow_mapper, make_task_runner
 from stages import evaluate, ingest, pack, tile, train
 from stages.common import quiet_environment, setup_logging
 from stages.params import as_dict, load_params
@@ -29,6 +30,7 @@ from stages.version import code_version
 log = logging.getLogger(__name__)
 
 SMALL_FILE = 4 << 20
+UNHASHED = ("tracker", "mapper")  # how a step runs, not what it makes
 GPU_TAG = "gpu"  # tasks that hold the accelerator; a tag concurrency limit lets one run at a time
 
 
@@ -56,7 +58,7 @@ def fingerprint(path: Path) -> str:
 def inputs_key(stage: str, paths: tuple[str, ...]) -> Callable[[TaskRunContext, dict[str, Any]], str]:
     """A cache key over the stage's code, its params and the state of its inputs.
 
-    The tracker argument is left out: it cannot be hashed and does not change the result.
+    The tracker and the mapper are left out: they cannot be hashed and do not change the result.
     Missing outputs are handled by the flow, which refreshes the cache for such a step.
     """
 
@@ -64,7 +66,7 @@ def inputs_key(stage: str, paths: tuple[str, ...]) -> Callable[[TaskRunContext, 
         h = hashlib.sha256(stage.encode())
         h.update(code_version(f"stages.{stage}").encode())
         for name, value in sorted(parameters.items()):
-            if name == "tracker":
+            if name in UNHASHED:
                 continue
             plain = as_dict(value) if is_dataclass(value) else value
             h.update(f"|{name}={json.dumps(plain, sort_keys=True, default=str)}".encode())
@@ -131,10 +133,20 @@ def train_pipeline(
     summary: dict[str, Any] = {}
     ing, tiles, packed = data / "ingested", data / "tiles", data / "packed"
     runs = Path(runs_dir)
-    summary["ingest"] = _call(ingest_task, [ing / "manifest.csv"], params.ingest, src, ing, trk)
+    mapper = flow_mapper()  # per-image work on the flow's Dask cluster, when it has one
+    summary["ingest"] = _call(
+        ingest_task, [ing / "manifest.csv"], params.ingest, src, ing, trk, mapper=mapper
+    )
     summary["tile"] = _call(tile_task, [tiles / "tiles.csv"], params.tile, ing, tiles, trk)
     summary["pack"] = _call(
-        pack_task, [packed / "train.h5", packed / "val.h5"], params.pack, ing, tiles, packed, trk
+        pack_task,
+        [packed / "train.h5", packed / "val.h5"],
+        params.pack,
+        ing,
+        tiles,
+        packed,
+        trk,
+        mapper=mapper,
     )
     summary["train"] = _call(
         train_task,
@@ -164,16 +176,30 @@ def train_pipeline(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run ingest -> tile -> pack -> train as a Prefect flow.")
+    parser = argparse.ArgumentParser(
+        description="Run ingest -> tile -> pack -> train -> evaluate as a Prefect flow."
+    )
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--source", help="the scrape folder (default: ingest.source_dir)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--runs-dir", default="runs/train")
+    parser.add_argument(
+        "--runner",
+        choices=RUNNERS,
+        default="threads",
+        help="dask: ingest's decodes and pack's resizes go to Dask workers (default: %(default)s)",
+    )
+    parser.add_argument("--dask-address", help="a running scheduler, tcp://HOST:PORT (default: a local one)")
+    parser.add_argument("--workers", type=int, default=2, help="local Dask processes (default: %(default)s)")
     args = parser.parse_args(argv)
     setup_logging()
     quiet_environment()
-    train_pipeline(args.params, args.overrides, args.source, args.data_dir, args.runs_dir)
+    pipeline = train_pipeline
+    if args.runner == "dask":
+        runner: Any = make_task_runner("dask", args.dask_address, args.workers)
+        pipeline = train_pipeline.with_options(task_runner=runner)
+    pipeline(args.params, args.overrides, args.source, args.data_dir, args.runs_dir)
     return 0
 
 

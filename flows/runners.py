@@ -18,14 +18,17 @@ import socket
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from stages.fsutil import sha256_file
 from stages.inference import Upscaler, cpu_cores
+from stages.parallel import Mapper
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,31 @@ def make_task_runner(kind: str, address: str | None = None, workers: int = 1) ->
         cluster_kwargs["local_directory"] = str(scratch)  # the workers'
         cluster_kwargs["scheduler_kwargs"] = {"local_directory": str(scratch)}  # and the scheduler's
     return DaskTaskRunner(cluster_kwargs=cluster_kwargs)
+
+
+class DaskMapper:
+    """A stage's per-image work (``stages.parallel.Mapper``) on the Dask cluster of the running
+    flow, through the client of its prefect-dask task runner: the flow's tasks and the stages'
+    items share one cluster. Every worker must see the stage's folders at the same paths."""
+
+    def __init__(self, runner: Any) -> None:
+        self.client = runner.client  # prefect-dask connects (or makes the local cluster) here
+        workers = self.client.scheduler_info()["workers"].values()
+        self.width = max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+
+    def __call__(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        if not items:
+            return []
+        futures = self.client.map(fn, list(items), pure=False)
+        return list(self.client.gather(futures))
+
+
+def flow_mapper() -> Mapper | None:
+    """``DaskMapper`` when the running flow's tasks go to Dask, else None (the stage's own)."""
+    ctx = FlowRunContext.get()
+    if ctx is None or runs_in_process(ctx.task_runner):
+        return None
+    return DaskMapper(ctx.task_runner)
 
 
 def runs_in_process(runner: TaskRunner | None) -> bool:

@@ -26,6 +26,7 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from stages.common import prepare, stage_parser
 from stages.fsutil import atomic_path, display_path, write_json
 from stages.imaging import to_rgb8
+from stages.parallel import Mapper, SerialMapper
 from stages.params import IngestParams, as_dict
 from stages.tracking import Tracker
 
@@ -197,8 +199,22 @@ def _deduplicate(records: list[Record], max_distance: int) -> list[Record]:
     return out
 
 
-def run(params: IngestParams, source: Path, out_dir: Path, tracker: Tracker | None = None) -> dict:
-    """Ingest ``source`` into ``out_dir`` (``images/``, ``manifest.csv``, ``summary.json``)."""
+def _examine_item(item: tuple[Path, str], params: IngestParams, images_dir: Path) -> Record:
+    return examine(item[0], item[1], params, images_dir)
+
+
+def run(
+    params: IngestParams,
+    source: Path,
+    out_dir: Path,
+    tracker: Tracker | None = None,
+    mapper: Mapper | None = None,
+) -> dict:
+    """Ingest ``source`` into ``out_dir`` (``images/``, ``manifest.csv``, ``summary.json``).
+
+    The files that need decoding go through ``mapper`` (default: one by one here); on a cluster,
+    every worker must see ``source`` and ``out_dir`` at the same paths.
+    """
     started = time.perf_counter()
     if not source.is_dir():
         raise FileNotFoundError(f"source folder {source} does not exist or is not a folder")
@@ -209,12 +225,12 @@ def run(params: IngestParams, source: Path, out_dir: Path, tracker: Tracker | No
     cache: dict[str, Record] = {}
     if state_path.exists() and json.loads(state_path.read_text() or "null") == fingerprint:
         cache = _read_manifest(manifest_path)
-    records: list[Record] = []
-    decoded = 0
+    found: list[Record | None] = []
+    todo: list[tuple[Path, str]] = []
     for path in _walk(source):
         rel = display_path(path.relative_to(source))
         if path.suffix.lower() not in EXTENSIONS:
-            records.append(Record(rel, status="skipped", reason="unsupported_extension"))
+            found.append(Record(rel, status="skipped", reason="unsupported_extension"))
             continue
         old = cache.get(rel)
         try:
@@ -223,10 +239,14 @@ def run(params: IngestParams, source: Path, out_dir: Path, tracker: Tracker | No
         except OSError:
             same = False
         if same and old is not None and old.status != "skipped":
-            records.append(old)
+            found.append(old)
         else:
-            records.append(examine(path, rel, params, images_dir))
-            decoded += 1
+            found.append(None)  # filled in path order from the mapper's results
+            todo.append((path, rel))
+    examine_one = partial(_examine_item, params=params, images_dir=images_dir)
+    results = iter((mapper or SerialMapper())(examine_one, todo))
+    records = [r if r is not None else next(results) for r in found]
+    decoded = len(todo)
     records = _deduplicate(records, params.near_dup_distance)
     # A kept image whose PNG is gone (its twin used to be the one kept) is decoded again.
     for i, r in enumerate(records):

@@ -3,7 +3,7 @@
 One file per split (``train.h5``, ``val.h5``) holds ``hr`` (N, T, T, 3) uint8 and, per scale,
 ``lr_x{s}`` (N, T/s, T/s, 3) uint8, uncompressed and chunked one tile per chunk: compression
 barely shrinks image data and slows random crops by 7 to 30x. LR tiles come from the
-MATLAB-style anti-aliased bicubic in ``stages.imaging``. Images are read one at a time, so
+MATLAB-style anti-aliased bicubic in ``stages.imaging``. Images are read a few at a time, so
 memory stays bounded whatever the number of tiles. Each file is written under a temporary name
 and renamed when complete: a killed run never leaves a file that a later stage would read.
 """
@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from functools import partial
 from itertools import groupby
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from PIL import Image
 from stages.common import prepare, progress_enabled, stage_parser
 from stages.fsutil import atomic_path, write_json
 from stages.imaging import KERNEL, downscale
+from stages.parallel import Mapper, SerialMapper, windows
 from stages.params import PackParams
 from stages.tracking import Tracker
 from stages.version import code_version
@@ -42,6 +44,22 @@ def data_hash(tiles_csv: Path, scales: tuple[int, ...]) -> str:
     return h.hexdigest()[:20]
 
 
+def _cut_image(
+    group: tuple[str, list[tuple[int, int]]], ingested: Path, size: int, scales: tuple[int, ...]
+) -> list[tuple[np.ndarray, dict[int, np.ndarray]]]:
+    """One image's tiles at ``(x, y)``: the HR crop and its LR twin per scale."""
+    digest, places = group
+    with Image.open(ingested / "images" / f"{digest}.png") as im:
+        rgb = np.asarray(im.convert("RGB"))
+    out = []
+    for x, y in places:
+        hr = rgb[y : y + size, x : x + size]
+        if hr.shape != (size, size, 3):
+            raise ValueError(f"tile {digest}@{x},{y} is outside its {rgb.shape[1]}x{rgb.shape[0]} image")
+        out.append((np.ascontiguousarray(hr), {s: downscale(hr, s) for s in scales}))
+    return out
+
+
 def _pack_split(
     rows: list[dict[str, str]],
     ingested: Path,
@@ -50,10 +68,16 @@ def _pack_split(
     scales: tuple[int, ...],
     attrs: dict,
     progress: bool,
+    mapper: Mapper,
 ) -> None:
     from tqdm import tqdm
 
     n = len(rows)
+    groups = [
+        (digest, [(int(r["x"]), int(r["y"])) for r in group])
+        for digest, group in groupby(rows, key=lambda r: r["image"])
+    ]
+    cut = partial(_cut_image, ingested=ingested, size=size, scales=scales)
     with atomic_path(target) as tmp, h5py.File(tmp, "w") as f:
         hr_ds = f.create_dataset("hr", (n, size, size, 3), np.uint8, chunks=(1, size, size, 3) if n else None)
         lr_ds = {
@@ -69,23 +93,17 @@ def _pack_split(
         xy_ds = f.create_dataset("xy", (n, 2), np.int32)
         i = 0
         bar = tqdm(total=n, unit="tile", desc=target.stem, disable=not progress)
-        for digest, group in groupby(rows, key=lambda r: r["image"]):
-            with Image.open(ingested / "images" / f"{digest}.png") as im:
-                rgb = np.asarray(im.convert("RGB"))
-            for r in group:
-                x, y = int(r["x"]), int(r["y"])
-                hr = rgb[y : y + size, x : x + size]
-                if hr.shape != (size, size, 3):
-                    raise ValueError(
-                        f"tile {digest}@{x},{y} is outside its {rgb.shape[1]}x{rgb.shape[0]} image"
-                    )
-                hr_ds[i] = hr
-                for s in scales:
-                    lr_ds[s][i] = downscale(hr, s)
-                image_ds[i] = digest
-                xy_ds[i] = (x, y)
-                i += 1
-                bar.update()
+        # A few images per worker at a time: the cluster stays busy and memory stays bounded.
+        for window in windows(groups, 2 * mapper.width):
+            for (digest, places), tiles in zip(window, mapper(cut, window), strict=True):
+                for (x, y), (hr, lrs) in zip(places, tiles, strict=True):
+                    hr_ds[i] = hr
+                    for s in scales:
+                        lr_ds[s][i] = lrs[s]
+                    image_ds[i] = digest
+                    xy_ds[i] = (x, y)
+                    i += 1
+                    bar.update()
         bar.close()
         f.attrs.update(attrs)
 
@@ -97,8 +115,13 @@ def run(
     out_dir: Path,
     tracker: Tracker | None = None,
     progress: bool | None = None,
+    mapper: Mapper | None = None,
 ) -> dict:
-    """Write ``out_dir/{train,val}.h5`` from the tile index in ``tiles_dir``."""
+    """Write ``out_dir/{train,val}.h5`` from the tile index in ``tiles_dir``.
+
+    Images are cut and downscaled through ``mapper`` (default: one by one here) and written
+    here in order, so the files are the same whichever mapper ran.
+    """
     started = time.perf_counter()
     scales = tuple(sorted(set(params.scales)))
     tiles_csv = tiles_dir / "tiles.csv"
@@ -121,7 +144,8 @@ def run(
         part = [r for r in rows if r["split"] == split]
         attrs_split = {**attrs, "split": split}
         target = out_dir / f"{split}.h5"
-        _pack_split(part, ingested, target, size, scales, attrs_split, progress_enabled(progress))
+        show = progress_enabled(progress)
+        _pack_split(part, ingested, target, size, scales, attrs_split, show, mapper or SerialMapper())
         counts[split] = len(part)
     summary = {
         "tiles_train": counts["train"],

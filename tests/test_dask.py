@@ -106,3 +106,68 @@ def test_segments_upscale_on_dask_workers(
     cached = client.run(lambda: [spec.sha256 for spec in runners._UPSCALERS])  # pickled by value
     ran = {t["worker"] for t in stream.data}
     assert all(cached[w] == [sha] for w in ran)
+
+
+def test_pipeline_data_stages_fan_out_over_dask_workers(
+    api_url: str, cluster: tuple[LocalCluster, Client], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import h5py
+    import numpy as np
+    import yaml
+
+    from flows import pipeline
+    from stages import ingest, pack, tile
+    from stages.params import load_params
+
+    scrape = tmp_path / "scrape"
+    demo.write_images(scrape, 3, seed=1, width=560, height=520)
+    first = sorted(scrape.iterdir())[0]
+    (scrape / "copy.png").write_bytes(first.read_bytes())
+    (scrape / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(
+        yaml.safe_dump(
+            {
+                "ingest": {"min_side": 500},
+                "tile": {"size": 240, "stride": 160, "val_fraction": 0.34},
+                "train": {
+                    "iterations": 2,
+                    "batch_size": 2,
+                    "hr_crop": 64,
+                    "val_every": 2,
+                    "model": {"n_feat": 8, "n_up_feat": 8, "n_blocks": 1},
+                },
+                "tracking": {"enabled": False},
+            }
+        )
+    )
+    local_cluster, client = cluster
+    monkeypatch.chdir(tmp_path)  # the flow writes metrics/, plots/ and reports/ here
+    data = tmp_path / "dask_data"
+    argv = ["--params", str(params_path), "--source", str(scrape), "--data-dir", str(data)]
+    argv += ["--runs-dir", str(tmp_path / "runs"), "--runner", "dask"]
+    argv += ["--dask-address", local_cluster.scheduler_address]
+    with get_task_stream(client) as stream:
+        assert pipeline.main(argv) == 0
+
+    # the decodes and the resizes ran as Dask tasks on the cluster's workers, one per item
+    names = [t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in stream.data]
+    assert sum(n.startswith("_examine_item") for n in names) == 5  # every file in the scrape
+    assert sum(n.startswith("_cut_image") for n in names) == 3  # every kept image, across splits
+    assert {t["worker"] for t in stream.data} <= set(local_cluster.scheduler_info["workers"])
+
+    # and the outputs are the ones the serial stages make from the same scrape
+    params = load_params(params_path, [])
+    serial = tmp_path / "serial"
+    summary = ingest.run(params.ingest, scrape, serial / "ingested")
+    assert (summary["ok"], summary["duplicate"], summary["rejected"]) == (3, 1, 1)
+    tile.run(params.tile, serial / "ingested", serial / "tiles")
+    pack.run(params.pack, serial / "ingested", serial / "tiles", serial / "packed")
+    manifest = (data / "ingested/manifest.csv").read_text()
+    assert manifest == (serial / "ingested/manifest.csv").read_text()
+    assert "broken.jpg" in manifest and ",rejected," in manifest
+    for split in ("train", "val"):
+        with h5py.File(data / f"packed/{split}.h5") as a, h5py.File(serial / f"packed/{split}.h5") as b:
+            assert set(a) == set(b) and len(a["hr"]) > 0
+            for name in a:
+                assert np.array_equal(a[name][()], b[name][()]), f"{split}/{name}"
