@@ -1,4 +1,5 @@
-"""``remaster export``: A2N to ONNX, and the ONNX Runtime backend of the ``Upscaler``.
+"""``remaster export``: A2N to ONNX (with the ONNX Runtime backend of the ``Upscaler``), or to
+a bare safetensors file, the form the shipped weights take.
 
 The graph takes ``lr`` (N, 3, H, W) RGB in [0, 1] with N, H and W free, and gives ``sr``
 (N, 3, H*s, W*s), unclamped, like ``A2N.forward``. Its metadata carries the A2N config, so the
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from models.a2n import A2N, A2NConfig
-from models.checkpoint import load_model
+from models.checkpoint import load_model, save_safetensors
 from stages.common import setup_logging
 from stages.fsutil import atomic_path, sha256_file
 from stages.inference import cpu_cores, resolve_model_path
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "safetensors")
 OPSET = 17
 PARITY_ATOL = 1e-4
 
@@ -67,6 +68,21 @@ def export_onnx(model: A2N, dst: Path, *, opset: int = OPSET, source: str = "") 
         if diff > PARITY_ATOL:
             raise RuntimeError(f"the ONNX graph differs from torch by {diff:.2e} (> {PARITY_ATOL})")
     return diff
+
+
+def export_safetensors(
+    model: A2N, dst: Path, *, source: str = "", step: int | None = None, data_hash: str | None = None
+) -> None:
+    """Write the fp32 weights and config of ``model`` to ``dst``, with where they came from; the
+    file reloads bit for bit (checked before it is kept)."""
+    meta = {"source": source, "step": str(step if step is not None else ""), "data_hash": data_hash or ""}
+    model = model.float().cpu().eval()
+    save_safetensors(dst, model, model.config, metadata=meta)
+    again, _, _ = load_model(dst)
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        if not torch.equal(a, b):
+            dst.unlink()
+            raise RuntimeError(f"{dst}: {name} did not reload bit for bit")
 
 
 def _parity(model: A2N, onnx_model: OnnxModel) -> float:
@@ -130,11 +146,13 @@ def load_onnx_upscaler(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="remaster export", description="Export A2N to ONNX.")
+    parser = argparse.ArgumentParser(
+        prog="remaster export", description="Export A2N to ONNX, or to safetensors (weights and config only)."
+    )
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
     parser.add_argument("--model", help="a checkpoint or .safetensors (default: the shipped weights)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the .onnx or .safetensors file")
     parser.add_argument("--opset", type=int, default=OPSET)
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -144,10 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     path = resolve_model_path(args.model, args.scale)
-    model, _, _ = load_model(path, scale=args.scale if path.suffix != ".safetensors" else None)
+    model, _, info = load_model(path, scale=args.scale if path.suffix != ".safetensors" else None)
     if model.scale != args.scale:
         raise SystemExit(f"remaster export: {path} is an x{model.scale} model, not x{args.scale}")
-    diff = export_onnx(model, args.output, opset=args.opset, source=f"{path} sha256:{sha256_file(path)}")
+    source = f"{path.name} sha256:{sha256_file(path)}"
+    if args.format == "safetensors":
+        export_safetensors(model, args.output, source=source, step=info["step"], data_hash=info["data_hash"])
+        log.info("wrote %s (x%d, %d bytes)", args.output, args.scale, args.output.stat().st_size)
+        return 0
+    diff = export_onnx(model, args.output, opset=args.opset, source=source)
     log.info("wrote %s (x%d); ONNX Runtime matches torch to %.1e", args.output, args.scale, diff)
     return 0
 

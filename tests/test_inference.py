@@ -202,6 +202,27 @@ def test_onnx_export_matches_torch_and_serves_as_a_backend(tmp_path: Path) -> No
         Upscaler.load(str(tmp_path / "tiny.onnx"), 2)
 
 
+def test_safetensors_export_reloads_bit_for_bit_with_its_provenance(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from flows.cli import main as cli
+
+    model = _tiny(2, n_blocks=1)
+    save_checkpoint(tmp_path / "run.pt", model, model.config, step=7, data_hash="abc123")
+    out = tmp_path / "weights/a2n_x2.safetensors"
+    assert cli(["export", "--format", "safetensors", "--scale", "2", "--model", str(tmp_path / "run.pt"),
+                "-o", str(out)]) == 0  # fmt: skip
+    again, cfg, info = load_model(out)
+    assert cfg == model.config and info["source"] == "safetensors"
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["step"] == "7" and meta["data_hash"] == "abc123" and meta["source"].startswith("run.pt sha256:")
+    with pytest.raises(SystemExit, match="x2 model, not x4"):
+        cli(["export", "--format", "safetensors", "--scale", "4", "--model", str(out), "-o", str(out)])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_tiles_exactly_and_autocasts(tmp_path: Path) -> None:
