@@ -34,7 +34,7 @@ from prefect.futures import as_completed, wait
 from tqdm import tqdm
 
 from flows.runners import RUNNERS, ModelSpec, make_task_runner, runs_in_process, upscaler, worker_name
-from stages import video
+from stages import media, video
 from stages.common import prepare, progress_enabled, stage_parser
 from stages.fsutil import sha256_file, write_json
 from stages.inference import Upscaler, bicubic_upscale, resolve_model_path
@@ -89,7 +89,7 @@ def locked(work: Path) -> Iterator[None]:
         yield
 
 
-def plan_segments(info: video.VideoInfo, work: Path, seconds: float) -> list[video.Segment]:
+def plan_segments(info: media.VideoInfo, work: Path, seconds: float) -> list[video.Segment]:
     """The split, or the one an earlier run of the same job made (its frames were counted then)."""
     plan = work / "plan.json"
     if plan.exists():
@@ -102,7 +102,7 @@ def plan_segments(info: video.VideoInfo, work: Path, seconds: float) -> list[vid
 
 
 def reassemble(
-    info: video.VideoInfo, parts: list[Path], segments: list[video.Segment], muxed: Path, codec: str
+    info: media.VideoInfo, parts: list[Path], segments: list[video.Segment], muxed: Path, codec: str
 ) -> Path:
     joined = muxed.with_name("joined.mkv")
     video.concat(parts, [s.duration for s in segments], joined)
@@ -111,7 +111,7 @@ def reassemble(
     return muxed
 
 
-def side_by_side(info: video.VideoInfo, up: Upscaler, deinterlace: bool) -> np.ndarray:
+def side_by_side(info: media.VideoInfo, up: Upscaler, deinterlace: bool) -> np.ndarray:
     """The middle frame, bicubic on the left and A2N on the right: (H*s, 2*W*s, 3) uint8."""
     frame = video.extract_frame(info, info.frames // 2, deinterlace)
     return np.concatenate([bicubic_upscale(frame, up.scale), up.upscale_image(frame)], axis=1)
@@ -120,7 +120,7 @@ def side_by_side(info: video.VideoInfo, up: Upscaler, deinterlace: bool) -> np.n
 def upscale_segment(
     seg: video.Segment,
     dst: Path,
-    info: video.VideoInfo,
+    info: media.VideoInfo,
     model: ModelSpec,
     enc: video.Encode,
     *,
@@ -143,7 +143,7 @@ def upscale_segment(
     )  # fmt: skip
 
 
-probe_task = task(name="probe", cache_policy=NO_CACHE)(video.probe)
+probe_task = task(name="probe", cache_policy=NO_CACHE)(media.probe)
 split_task = task(name="split", cache_policy=NO_CACHE)(plan_segments)
 upscale_task = task(
     name="upscale-segment", task_run_name="upscale-segment-{seg.index}", cache_policy=NO_CACHE
@@ -162,7 +162,7 @@ def timed(seconds: dict[str, float], step: str) -> Iterator[None]:
 def upscale_all(
     segments: list[video.Segment],
     work: Path,
-    info: video.VideoInfo,
+    info: media.VideoInfo,
     model: ModelSpec,
     p: RemasterParams,
     enc: video.Encode,
@@ -182,7 +182,7 @@ def upscale_all(
     # absolute: a Dask worker's working directory is its own
     dsts = [(work / "out").resolve() / f"seg_{s.index:05d}.mkv" for s in segments]
     # a finished segment has its final name (it is renamed only when whole) and all its frames
-    todo = [(s, d) for s, d in zip(segments, dsts, strict=True) if video.count_packets(d) != s.frames]
+    todo = [(s, d) for s, d in zip(segments, dsts, strict=True) if media.count_packets(d) != s.frames]
     reused = len(segments) - len(todo)
     logger.info("%d segments: %d reused from an earlier run, %d to upscale", len(segments), reused, len(todo))
     frames = sum(s.frames for s, _ in todo)
@@ -289,7 +289,7 @@ def track(
     trk: Tracker,
     summary: dict[str, Any],
     p: RemasterParams,
-    info: video.VideoInfo,
+    info: media.VideoInfo,
     up: Upscaler,
     deinterlace: bool,
 ) -> None:
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = with_workers(p)(args.input, args.output, p, args.overwrite, args.keep_frames, tracker)
     except (
-        video.VideoError,
+        media.VideoError,
         video.VerifyError,
         FileNotFoundError,
         FileExistsError,

@@ -19,8 +19,6 @@ import io
 import logging
 import re
 import sys
-import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ from stages.inference import Upscaler, bicubic_upscale
 from stages.ingest import EXTENSIONS
 from stages.metrics import psnr_rgb, psnr_y, ssim_y
 from stages.params import EvaluateParams, as_dict
-from stages.tracking import MlflowTracker, Tracker
+from stages.tracking import MlflowTracker, Registry, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -333,70 +331,6 @@ def track(
     if CHAMPION_METRIC in metrics:
         done["champion"] = registry.promote(name, candidate, metrics[CHAMPION_METRIC], CHAMPION_METRIC)
     return done
-
-
-class Registry:
-    """The MLflow calls the ``Tracker`` protocol lacks: find the candidate's training run, write
-    to that finished run, and move the ``champion`` alias."""
-
-    def __init__(self, tracker: MlflowTracker) -> None:
-        self.client = tracker.client
-        self.tracking_uri = tracker.tracking_uri
-
-    def candidate(self, name: str, sha256: str | None) -> Any:
-        """The ``name@candidate`` model version if its files include the evaluated model, else None."""
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        try:
-            version = self.client.get_model_version_by_alias(name, "candidate")
-        except MlflowException:
-            log.info("no %s@candidate is registered: no training run to update", name)
-            return None
-        if version.run_id and sha256:
-            with tempfile.TemporaryDirectory() as tmp:
-                local = Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=version.source, dst_path=tmp, tracking_uri=self.tracking_uri
-                    )
-                )
-                files = [local] if local.is_file() else sorted(local.rglob("*"))
-                if any(f.suffix in (".pt", ".safetensors") and sha256_file(f) == sha256 for f in files):
-                    return version
-        log.warning("the evaluated model is not %s@candidate (version %s): the training run and the "
-                    "champion alias are left alone", name, version.version)  # fmt: skip
-        return None
-
-    def log_to_run(self, run_id: str, metrics: dict[str, float], files: Sequence[Path]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
-        for f in files:
-            self.client.log_artifact(run_id, str(f), "evaluation")
-
-    def promote(self, name: str, candidate: Any, value: float, key: str) -> dict[str, Any]:
-        """Give ``candidate`` the ``champion`` alias if its ``key`` beats the champion's (or there
-        is none). A champion whose run lacks ``key`` was never scored here and is replaced."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            champion = self.client.get_model_version_by_alias(name, "champion")
-        except MlflowException:
-            champion = None
-        outcome: dict[str, Any] = {"candidate": str(candidate.version), "value": value, "moved": False}
-        if champion is not None:
-            best = self.client.get_run(champion.run_id).data.metrics.get(key) if champion.run_id else None
-            outcome |= {"previous": str(champion.version), "previous_value": best}
-            if champion.version == candidate.version:
-                return outcome
-            if best is not None and value <= best:
-                log.info("%s@champion stays version %s: %s %.3f, candidate version %s %.3f", name,
-                         champion.version, key, best, candidate.version, value)  # fmt: skip
-                return outcome
-        self.client.set_registered_model_alias(name, "champion", str(candidate.version))
-        log.info("%s@champion -> version %s (%s %.3f)", name, candidate.version, key, value)
-        return outcome | {"moved": True}
 
 
 def main(argv: list[str] | None = None) -> int:

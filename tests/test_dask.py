@@ -17,7 +17,7 @@ from prefect_dask import DaskTaskRunner
 from flows import remaster, runners
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from stages import demo, video
+from stages import demo, media
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +92,8 @@ def test_segments_upscale_on_dask_workers(
     assert summary["frames"] == 30 and summary["segments"] == 3
     assert all(check["ok"] for check in summary["verify"].values())
     assert summary["verify"]["size"]["actual"] == [192, 144]
-    assert video.probe(out).frames == 30
-    assert video.stream_hashes(out, "a") == video.stream_hashes(assets["clip"], "a")
+    assert media.probe(out).frames == 30
+    assert media.stream_hashes(out, "a") == media.stream_hashes(assets["clip"], "a")
 
     # every segment ran as a Dask task on one of the cluster's worker processes, not in ours
     workers = set(local_cluster.scheduler_info["workers"])

@@ -23,7 +23,7 @@ from test_video import make_episode
 from flows import remaster, watch
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from stages import video
+from stages import media
 from stages.params import RemasterParams
 from stages.tracking import NullTracker
 
@@ -100,9 +100,9 @@ def test_the_flow_remasters_an_episode_and_tracks_it(
     assert summary["frames"] == 48 and summary["segments"] == 4 and summary["run"]["segments_reused"] == 0
     assert all(check["ok"] for check in summary["verify"].values())
     assert summary["verify"]["size"]["actual"] == [192, 144]
-    info = video.probe(out)
-    assert info.frames == 48 and info.streams[1:] == video.probe(assets["episode"]).streams[1:]
-    assert video.stream_hashes(out, "a") == video.stream_hashes(assets["episode"], "a")
+    info = media.probe(out)
+    assert info.frames == 48 and info.streams[1:] == media.probe(assets["episode"]).streams[1:]
+    assert media.stream_hashes(out, "a") == media.stream_hashes(assets["episode"], "a")
     trk = baseline["tracker"]
     assert trk.runs == [("remaster", "episode-x2")]
     assert trk.params["model_sha256"] == summary["model"]["sha256"] and trk.params["remaster.scale"] == 2
@@ -144,8 +144,8 @@ def test_a_killed_run_resumes_with_its_finished_segments(
     assert "run" not in summary and all(check["ok"] for check in summary["verify"].values())
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["verified"] is True and metrics["frames"] == 48 and metrics["max_drift_s"] <= 0.002
-    assert video.count_packets(out) == video.count_packets(baseline["out"]) == 48
-    assert video.stream_hashes(out, "a") == video.stream_hashes(baseline["out"], "a")
+    assert media.count_packets(out) == media.count_packets(baseline["out"]) == 48
+    assert media.stream_hashes(out, "a") == media.stream_hashes(baseline["out"], "a")
 
 
 def test_watch_once_remasters_a_dropped_file_once(
@@ -168,7 +168,7 @@ def test_watch_once_remasters_a_dropped_file_once(
     ]
     assert watch.main(argv) == 0
     result = out / "ep01_x2.mkv"
-    assert video.count_packets(result) == 48
+    assert media.count_packets(result) == 48
     state = json.loads((out / watch.STATE).read_text())
     assert list(state) == ["ep01.mkv"] and state["ep01.mkv"]["status"] == "done"
     made = result.stat().st_mtime_ns

@@ -161,7 +161,7 @@ def test_remaster_deployment_on_a_real_prefect_server(prefect_server: dict[str, 
     from models.a2n import A2N, A2NConfig
     from models.checkpoint import save_checkpoint
     from stages.demo import write_clip
-    from stages.video import probe
+    from stages.media import probe
 
     cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
     save_checkpoint(tmp_path / "tiny.pt", A2N(cfg), cfg)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import video
+from stages import media, video
 
 FF = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
 SD601 = ["-colorspace", "smpte170m", "-color_primaries", "smpte170m", "-color_trc", "smpte170m"]
@@ -59,7 +59,7 @@ def nearest(scale: int) -> Callable[[np.ndarray], np.ndarray]:
 
 def remaster(src: Path, work: Path, scale: int = 2, seconds: float = 0.5, suffix: str = ".mkv") -> Path:
     """The flow's steps without Prefect or the model: split, upscale, concat, mux."""
-    info = video.probe(src)
+    info = media.probe(src)
     segments = video.split(info, work / "src", seconds)
     parts = []
     for seg in segments:
@@ -72,11 +72,11 @@ def remaster(src: Path, work: Path, scale: int = 2, seconds: float = 0.5, suffix
 
 
 def ffprobe(path: Path) -> dict:
-    return video.ffprobe_json(path)
+    return media.ffprobe_json(path)
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("media")
     make_episode(folder)
     src = ["-f", "lavfi", "-i", "testsrc2=s=96x72:r=24:d=2"]
@@ -103,33 +103,33 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_probe_reads_rate_frames_format_and_colour(media: Path) -> None:
-    info = video.probe(media / "clip.mp4")
+def test_probe_reads_rate_frames_format_and_colour(sources: Path) -> None:
+    info = media.probe(sources / "clip.mp4")
     assert (info.width, info.height, info.frames, info.frame_rate) == (96, 72, 48, 24)
     assert not info.vfr and not info.interlaced and info.interlace_evidence == "field_order"
     assert (info.pix_fmt, info.bit_depth, info.rotation) == ("yuv420p", 8, 0)
-    assert info.colour == video.Colour("smpte170m", "smpte170m", "smpte170m", "tv")
+    assert info.colour == media.Colour("smpte170m", "smpte170m", "smpte170m", "tv")
     assert info.video_duration == pytest.approx(2.0)
     assert info.streams == ("video:h264:und", "audio:aac:und")
-    ep = video.probe(media / "episode.mkv")
+    ep = media.probe(sources / "episode.mkv")
     assert ep.chapters == 2 and [s.split(":")[0] for s in ep.streams].count("audio") == 2
 
 
-def test_probe_detects_interlacing_and_vfr(media: Path) -> None:
-    tff = video.probe(media / "tff.mp4")
+def test_probe_detects_interlacing_and_vfr(sources: Path) -> None:
+    tff = media.probe(sources / "tff.mp4")
     assert tff.interlaced and tff.field_order == "tt" and tff.interlace_evidence == "field_order"
-    unflagged = video.probe(media / "unflagged.avi")
+    unflagged = media.probe(sources / "unflagged.avi")
     assert unflagged.field_order == "unknown"
     assert unflagged.interlaced and unflagged.interlace_evidence == "idet"
-    vfr = video.probe(media / "vfr.mp4")
+    vfr = media.probe(sources / "vfr.mp4")
     assert vfr.vfr and vfr.frames == 39 and vfr.r_frame_rate == "24/1"
 
 
 def test_rotation_and_timestamp_expressions() -> None:
-    assert video.rotation_of({"side_data_list": [{"rotation": -90}]}) == 90
-    assert video.rotation_of({"side_data_list": [{"rotation": 90}]}) == 270
-    assert video.rotation_of({"tags": {"rotate": "180"}}) == 180
-    assert video.rotation_of({}) == 0
+    assert media.rotation_of({"side_data_list": [{"rotation": -90}]}) == 90
+    assert media.rotation_of({"side_data_list": [{"rotation": 90}]}) == 270
+    assert media.rotation_of({"tags": {"rotate": "180"}}) == 180
+    assert media.rotation_of({}) == 0
     pts = [0, 512, 1024, 2048, 2560, 3072, 4096, 4136]
     expr = video.pts_expression(pts)
     assert expr.count("clip") == 5  # runs of 512, 1024, 512, 1024, 40
@@ -137,8 +137,8 @@ def test_rotation_and_timestamp_expressions() -> None:
     assert [eval(expr, {"clip": clip, "N": n}) for n in range(len(pts))] == pts
 
 
-def test_split_accounts_for_every_frame(media: Path, tmp_path: Path) -> None:
-    info = video.probe(media / "clip.mp4")
+def test_split_accounts_for_every_frame(sources: Path, tmp_path: Path) -> None:
+    info = media.probe(sources / "clip.mp4")
     segments = video.split(info, tmp_path, 0.5)
     assert [s.frames for s in segments] == [12, 12, 12, 12]
     assert [s.first for s in segments] == [0, 12, 24, 36]
@@ -146,17 +146,17 @@ def test_split_accounts_for_every_frame(media: Path, tmp_path: Path) -> None:
     assert all(len(s.pts) == s.frames and s.pts[0] == 0 for s in segments)
     whole = video.split(info, tmp_path / "whole", 0)
     assert len(whole) == 1 and whole[0].frames == 48
-    with pytest.raises(video.VideoError, match=r"segments hold 47 \[12, 12, 12, 11\], the source 48"):
+    with pytest.raises(media.VideoError, match=r"segments hold 47 \[12, 12, 12, 11\], the source 48"):
         video.check_accounting(48, [12, 12, 12, 11])
 
 
 @pytest.fixture(scope="module")
-def remastered(media: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return remaster(media / "episode.mkv", tmp_path_factory.mktemp("work"))
+def remastered(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return remaster(sources / "episode.mkv", tmp_path_factory.mktemp("work"))
 
 
-def test_reassembly_keeps_every_stream_byte_for_byte(media: Path, remastered: Path) -> None:
-    info = video.probe(media / "episode.mkv")
+def test_reassembly_keeps_every_stream_byte_for_byte(sources: Path, remastered: Path) -> None:
+    info = media.probe(sources / "episode.mkv")
     checks = video.verify(info, remastered, 2)
     assert all(c["ok"] for c in checks.values())
     assert len(checks["audio_sha256"]["actual"]) == 2 and len(checks["subtitle_sha256"]["actual"]) == 1
@@ -177,28 +177,28 @@ def test_reassembly_keeps_every_stream_byte_for_byte(media: Path, remastered: Pa
     assert (v["width"], v["height"], v["color_space"], v["color_range"]) == (192, 144, "smpte170m", "tv")
 
 
-def test_verify_catches_a_missing_frame(media: Path, remastered: Path, tmp_path: Path) -> None:
+def test_verify_catches_a_missing_frame(sources: Path, remastered: Path, tmp_path: Path) -> None:
     short = tmp_path / "short.mkv"
     ffmpeg("-i", remastered, "-map", "0", "-c", "copy", "-frames:v", "47", short)
     with pytest.raises(video.VerifyError, match="frames: expected 48, got 47"):
-        video.verify(video.probe(media / "episode.mkv"), short, 2)
+        video.verify(media.probe(sources / "episode.mkv"), short, 2)
     with pytest.raises(video.VerifyError, match=r"size: expected \[384, 288\], got \[192, 144\]"):
-        video.verify(video.probe(media / "episode.mkv"), remastered, 4)
+        video.verify(media.probe(sources / "episode.mkv"), remastered, 4)
 
 
-def test_vfr_and_interlaced_sources_keep_their_timing(media: Path, tmp_path: Path) -> None:
+def test_vfr_and_interlaced_sources_keep_their_timing(sources: Path, tmp_path: Path) -> None:
     for name in ("vfr.mp4", "tff.mp4"):
-        out = remaster(media / name, tmp_path / name, seconds=0, suffix=".mp4")
-        checks = video.verify(video.probe(media / name), out, 2)
-        assert checks["max_drift"]["ok"] and checks["frames"]["actual"] == video.probe(media / name).frames
+        out = remaster(sources / name, tmp_path / name, seconds=0, suffix=".mp4")
+        checks = video.verify(media.probe(sources / name), out, 2)
+        assert checks["max_drift"]["ok"] and checks["frames"]["actual"] == media.probe(sources / name).frames
 
 
 def test_sd_bt601_upscaled_to_hd_becomes_bt709(tmp_path: Path) -> None:
     rgb = (200, 60, 40)
     src = tmp_path / "red.mp4"
     ffmpeg("-f", "lavfi", "-i", f"color=c=0x{bytes(rgb).hex()}:s=128x184:r=24:d=0.25", *X264, *SD601, src)
-    info = video.probe(src)
-    assert video.output_colour(info, 736) == video.Colour("bt709", "bt709", "bt709", "tv")
+    info = media.probe(src)
+    assert video.output_colour(info, 736) == media.Colour("bt709", "bt709", "bt709", "tv")
     assert video.output_colour(info, 368).matrix == "smpte170m"  # not HD: left as it was
     out = remaster(src, tmp_path / "work", scale=4, seconds=0)
     stream = ffprobe(out)["streams"][0]
@@ -209,7 +209,7 @@ def test_sd_bt601_upscaled_to_hd_becomes_bt709(tmp_path: Path) -> None:
         "bt709",
     ]
     decoded = {
-        m: video.extract_frame(dataclasses.replace(video.probe(out), colour=video.Colour(m)), 0) for m in BT
+        m: video.extract_frame(dataclasses.replace(media.probe(out), colour=media.Colour(m)), 0) for m in BT
     }
     source = video.extract_frame(info, 0).reshape(-1, 3).mean(0)
     assert np.abs(decoded["bt709"].reshape(-1, 3).mean(0) - source).max() <= 2  # the colour survives
@@ -220,20 +220,20 @@ def test_odd_sized_sources(tmp_path: Path) -> None:
     src = tmp_path / "odd.mkv"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=s=96x72:r=24:d=0.25", "-vf", "scale=95:71", "-c:v", "ffv1", src)
     out = remaster(src, tmp_path / "work")
-    assert video.verify(video.probe(src), out, 2)["size"]["actual"] == [190, 142]
+    assert video.verify(media.probe(src), out, 2)["size"]["actual"] == [190, 142]
 
 
-def test_bad_inputs_fail_clearly(media: Path, tmp_path: Path) -> None:
+def test_bad_inputs_fail_clearly(sources: Path, tmp_path: Path) -> None:
     (tmp_path / "notes.mp4").write_text("not a video\n")
     (tmp_path / "empty.mkv").write_bytes(b"")
     ffmpeg("-f", "lavfi", "-i", "sine=d=1", "-c:a", "aac", tmp_path / "audio.m4a")
     ffmpeg("-f", "lavfi", "-i", "testsrc2=s=96x72:r=24:d=1", *X264, "-frames:v", "0", tmp_path / "zero.mp4")
-    data = (media / "clip.mp4").read_bytes()
+    data = (sources / "clip.mp4").read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])  # its index (moov) is at the end: lost
-    ffmpeg("-i", media / "clip.mp4", "-c", "copy", "-movflags", "+faststart", tmp_path / "fast.mp4")
+    ffmpeg("-i", sources / "clip.mp4", "-c", "copy", "-movflags", "+faststart", tmp_path / "fast.mp4")
     fast = (tmp_path / "fast.mp4").read_bytes()
     (tmp_path / "cut_fast.mp4").write_bytes(fast[: len(fast) * 2 // 3])  # index intact, frames gone
-    ffmpeg("-i", media / "episode.mkv", "-map", "0", "-c", "copy", tmp_path / "whole.mkv")
+    ffmpeg("-i", sources / "episode.mkv", "-map", "0", "-c", "copy", tmp_path / "whole.mkv")
     mkv = (tmp_path / "whole.mkv").read_bytes()
     (tmp_path / "cut.mkv").write_bytes(mkv[: len(mkv) // 2])
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -248,7 +248,7 @@ def test_bad_inputs_fail_clearly(media: Path, tmp_path: Path) -> None:
         "cut.mkv": "truncated or damaged",
     }
     for name, message in cases.items():
-        with pytest.raises(video.VideoError, match=message):
-            video.probe(tmp_path / name)
+        with pytest.raises(media.VideoError, match=message):
+            media.probe(tmp_path / name)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
-    assert json.dumps(video.probe(media / "clip.mp4").summary())  # the summary is plain JSON
+    assert json.dumps(media.probe(sources / "clip.mp4").summary())  # the summary is plain JSON
