@@ -20,11 +20,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("stages.train", "train A2N on the packed tiles (resumes after a kill)"),
     "evaluate": ("stages.evaluate", "score A2N against bicubic on held-out images; HTML report"),
     "upscale": ("stages.upscale", "upscale image files and folders (alpha and 16-bit kept)"),
-    "export": ("stages.export", "export A2N to ONNX for the onnx backend"),
+    "export": ("stages.export", "export A2N to ONNX (the onnx backend) or safetensors"),
     "pipeline": ("flows.pipeline", "run ingest -> tile -> pack -> train -> evaluate as a Prefect flow"),
     "video": ("flows.remaster", "remaster a video: upscale with A2N, keep every audio/subtitle stream"),
     "watch": ("flows.watch", "remaster each new video that lands in a folder"),
-    "serve": ("flows.serve", "serve the flows as Prefect deployments"),
+    "serve": ("flows.serve", "serve the flows as Prefect deployments, run by this process"),
+    "deploy": ("flows.deploy", "deploy the flows to a Prefect work pool, run by its workers"),
 }
 
 

@@ -204,3 +204,54 @@ def test_remaster_deployment_on_a_real_prefect_server(prefect_server: dict[str, 
         assert got.frames == src.frames
     finally:
         _stop(serve)
+
+
+@pytest.mark.slow
+def test_deployment_on_a_work_pool_runs_on_a_worker(prefect_server: dict[str, str], tmp_path: Path) -> None:
+    from models.a2n import A2N, A2NConfig
+    from models.checkpoint import save_checkpoint
+    from stages.demo import write_clip
+    from stages.media import probe
+
+    cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
+    save_checkpoint(tmp_path / "tiny.pt", A2N(cfg), cfg)
+    clip = write_clip(tmp_path / "episode.mp4", seconds=0.4, width=96, height=72)
+    out = tmp_path / "episode_x2.mkv"
+    env = {**prefect_server, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ml.db'}"}
+    api = env["PREFECT_API_URL"]
+
+    dep = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "deploy", "--pool", "test-pool", "--name", "pooled"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert dep.returncode == 0, dep.stderr[-3000:]
+    pools = {p["name"]: p["type"] for p in _post(f"{api}/work_pools/filter", {})}
+    assert pools.get("test-pool") == "process"
+    deployments = {d["name"]: d for d in _post(f"{api}/deployments/filter", {}) if d["name"] == "pooled"}
+    assert len(_post(f"{api}/deployments/filter", {"deployments": {"name": {"any_": ["pooled"]}}})) == 2
+    assert deployments["pooled"]["work_pool_name"] == "test-pool"
+
+    params = {
+        "input_path": str(clip),
+        "output_path": str(out),
+        "params": {"scale": 2, "model": str(tmp_path / "tiny.pt"), "segment_seconds": 0},
+    }
+    cmd = [str(BIN / "prefect"), "deployment", "run", "remaster-episode/pooled"]
+    cmd += ["--params", json.dumps(params)]
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert not out.exists()  # scheduled, but no worker has taken it yet
+
+    # one poll of the pool: the worker takes the run, runs it in a subprocess and returns
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as f:
+        worker = subprocess.run(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "test-pool", "--run-once"],
+            cwd=tmp_path, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=400,
+        )  # fmt: skip
+    assert worker.returncode == 0, log.read_text()[-3000:]
+    runs = _post(f"{api}/flow_runs/filter", {"deployments": {"name": {"any_": ["pooled"]}}})
+    assert [r["state_type"] for r in runs] == ["COMPLETED"], log.read_text()[-3000:]
+    got, src = probe(out), probe(clip)
+    assert (got.width, got.height) == (2 * src.width, 2 * src.height)
+    assert got.frames == src.frames
