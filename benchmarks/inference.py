@@ -221,7 +221,7 @@ def main() -> None:
     print(f"load average at end {os.getloadavg()[0]:.1f}; conv peak, best of the run: {best:.0f} GFLOP/s\n")
     print(
         "| frame | tile | s/frame | fps | CPU s/frame | GMAC/frame | GFLOP/s | conv peak GFLOP/s "
-        "| % of peak | % of peak per CPU s | peak RSS MiB | video s/frame (HOOK) | video over model "
+        "| % of peak | % of peak per CPU s | peak RSS MiB | video s/frame | video over model "
         "| Real-ESRGAN s/frame |"
     )
     print("|" + " --- |" + " ---: |" * 13)
