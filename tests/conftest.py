@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -48,3 +49,34 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"the shared material is expected beside the checkout at {SHARED}")
     return SHARED
+
+
+# The whole pipeline in seconds: three small images, 240 px tiles and a one-block A2N.
+TINY = {
+    "demo": {"n_images": 3, "width": 560, "height": 520, "seed": 1, "clip_seconds": 0.4},
+    "ingest": {"min_side": 500},
+    "tile": {"size": 240, "stride": 160, "val_fraction": 0.34},
+    "train": {
+        "iterations": 4,
+        "batch_size": 2,
+        "hr_crop": 64,
+        "val_every": 2,
+        "model": {"n_feat": 8, "n_up_feat": 8, "n_blocks": 1},
+    },
+    "tracking": {"enabled": False},
+}
+
+
+def write_tiny_params(path: Path) -> Path:
+    """The project's params.yaml with the ``TINY`` values put in, written to ``path``."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path) -> Path:
+    """A params file for the whole pipeline on tiny data, in the test's temp folder."""
+    return write_tiny_params(tmp_path / "params.yaml")

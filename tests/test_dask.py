@@ -109,11 +109,14 @@ def test_segments_upscale_on_dask_workers(
 
 
 def test_pipeline_data_stages_fan_out_over_dask_workers(
-    api_url: str, cluster: tuple[LocalCluster, Client], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    api_url: str,
+    cluster: tuple[LocalCluster, Client],
+    tiny_params: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import h5py
     import numpy as np
-    import yaml
 
     from flows import pipeline
     from stages import ingest, pack, tile
@@ -124,27 +127,10 @@ def test_pipeline_data_stages_fan_out_over_dask_workers(
     first = sorted(scrape.iterdir())[0]
     (scrape / "copy.png").write_bytes(first.read_bytes())
     (scrape / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    params_path = tmp_path / "params.yaml"
-    params_path.write_text(
-        yaml.safe_dump(
-            {
-                "ingest": {"min_side": 500},
-                "tile": {"size": 240, "stride": 160, "val_fraction": 0.34},
-                "train": {
-                    "iterations": 2,
-                    "batch_size": 2,
-                    "hr_crop": 64,
-                    "val_every": 2,
-                    "model": {"n_feat": 8, "n_up_feat": 8, "n_blocks": 1},
-                },
-                "tracking": {"enabled": False},
-            }
-        )
-    )
     local_cluster, client = cluster
     monkeypatch.chdir(tmp_path)  # the flow writes metrics/, plots/ and reports/ here
     data = tmp_path / "dask_data"
-    argv = ["--params", str(params_path), "--source", str(scrape), "--data-dir", str(data)]
+    argv = ["--params", str(tiny_params), "--source", str(scrape), "--data-dir", str(data)]
     argv += ["--runs-dir", str(tmp_path / "runs"), "--runner", "dask"]
     argv += ["--dask-address", local_cluster.scheduler_address]
     with get_task_stream(client) as stream:
@@ -157,7 +143,7 @@ def test_pipeline_data_stages_fan_out_over_dask_workers(
     assert {t["worker"] for t in stream.data} <= set(local_cluster.scheduler_info["workers"])
 
     # and the outputs are the ones the serial stages make from the same scrape
-    params = load_params(params_path, [])
+    params = load_params(tiny_params, [])
     serial = tmp_path / "serial"
     summary = ingest.run(params.ingest, scrape, serial / "ingested")
     assert (summary["ok"], summary["duplicate"], summary["rejected"]) == (3, 1, 1)

@@ -11,32 +11,10 @@ from pathlib import Path
 
 import h5py
 import pytest
-import yaml
+from conftest import write_tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-TINY = {
-    "demo": {"n_images": 3, "width": 560, "height": 520, "seed": 1, "clip_seconds": 0.4},
-    "ingest": {"min_side": 500},
-    "tile": {"size": 240, "stride": 160, "val_fraction": 0.34},
-    "train": {
-        "iterations": 4,
-        "batch_size": 2,
-        "hr_crop": 64,
-        "val_every": 2,
-        "model": {"n_feat": 8, "n_up_feat": 8, "n_blocks": 1},
-    },
-    "tracking": {"enabled": False},
-}
-
-
-def _tiny_params(path: Path) -> None:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in TINY.items():
-        for key, value in values.items():
-            params[section][key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def _env() -> dict[str, str]:
@@ -70,7 +48,7 @@ def project(tmp_path: Path) -> Path:
         if (ROOT / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)
-    _tiny_params(dest / "params.yaml")
+    write_tiny_params(dest / "params.yaml")
     ident = ["-c", "user.name=test", "-c", "user.email=test@localhost"]
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", *ident, "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=dest, check=True)
@@ -153,7 +131,7 @@ def test_prefect_flow_runs_the_same_stages(tmp_path: Path, monkeypatch: pytest.M
 
     write_images(tmp_path / "scrape", 3, seed=1, width=560, height=520)
     params = tmp_path / "params.yaml"
-    _tiny_params(params)
+    write_tiny_params(params)
     monkeypatch.chdir(tmp_path)
     args = (str(params), [], str(tmp_path / "scrape"), str(tmp_path / "data"), str(tmp_path / "runs"))
     outputs = [

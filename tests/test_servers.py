@@ -156,18 +156,41 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         _stop(proc)
 
 
-@pytest.mark.slow
-def test_remaster_deployment_on_a_real_prefect_server(prefect_server: dict[str, str], tmp_path: Path) -> None:
+def _episode_job(tmp_path: Path, server_env: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A 0.4 s clip and a tiny x2 model: the parameters of a remaster-episode run on them, and
+    the environment to run it in."""
     from models.a2n import A2N, A2NConfig
     from models.checkpoint import save_checkpoint
     from stages.demo import write_clip
-    from stages.media import probe
 
     cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
     save_checkpoint(tmp_path / "tiny.pt", A2N(cfg), cfg)
     clip = write_clip(tmp_path / "episode.mp4", seconds=0.4, width=96, height=72)
-    out = tmp_path / "episode_x2.mkv"
-    env = {**prefect_server, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ml.db'}"}
+    params = {
+        "input_path": str(clip),
+        "output_path": str(tmp_path / "episode_x2.mkv"),
+        "params": {
+            "scale": 2,
+            "model": str(tmp_path / "tiny.pt"),
+            "segment_seconds": 0,
+            "preset": "ultrafast",
+        },
+    }
+    env = {**server_env, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ml.db'}"}
+    return params, env
+
+
+def _assert_remastered(params: dict[str, Any]) -> None:
+    from stages.media import probe
+
+    got, src = probe(params["output_path"]), probe(params["input_path"])
+    assert (got.width, got.height) == (2 * src.width, 2 * src.height)
+    assert got.frames == src.frames
+
+
+@pytest.mark.slow
+def test_remaster_deployment_on_a_real_prefect_server(prefect_server: dict[str, str], tmp_path: Path) -> None:
+    params, env = _episode_job(tmp_path, prefect_server)
     log = tmp_path / "serve.log"
     root = Path(__file__).resolve().parents[1]
     with open(log, "wb") as f:
@@ -184,40 +207,19 @@ def test_remaster_deployment_on_a_real_prefect_server(prefect_server: dict[str, 
             names = {d["name"] for d in _post(f"{env['PREFECT_API_URL']}/deployments/filter", {})}
             time.sleep(1)
         assert "test" in names, log.read_text()[-3000:]
-        params = {
-            "input_path": str(clip),
-            "output_path": str(out),
-            "params": {
-                "scale": 2,
-                "model": str(tmp_path / "tiny.pt"),
-                "segment_seconds": 0,
-                "preset": "ultrafast",
-            },
-        }
         cmd = [str(BIN / "prefect"), "deployment", "run", "remaster-episode/test"]
         cmd += ["--params", json.dumps(params), "--watch", "--watch-timeout", "240"]
         run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:] + log.read_text()[-3000:]
         assert "Completed" in run.stdout
-        got, src = probe(out), probe(clip)
-        assert (got.width, got.height) == (2 * src.width, 2 * src.height)
-        assert got.frames == src.frames
+        _assert_remastered(params)
     finally:
         _stop(serve)
 
 
 @pytest.mark.slow
 def test_deployment_on_a_work_pool_runs_on_a_worker(prefect_server: dict[str, str], tmp_path: Path) -> None:
-    from models.a2n import A2N, A2NConfig
-    from models.checkpoint import save_checkpoint
-    from stages.demo import write_clip
-    from stages.media import probe
-
-    cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
-    save_checkpoint(tmp_path / "tiny.pt", A2N(cfg), cfg)
-    clip = write_clip(tmp_path / "episode.mp4", seconds=0.4, width=96, height=72)
-    out = tmp_path / "episode_x2.mkv"
-    env = {**prefect_server, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ml.db'}"}
+    params, env = _episode_job(tmp_path, prefect_server)
     api = env["PREFECT_API_URL"]
 
     dep = subprocess.run(
@@ -231,16 +233,11 @@ def test_deployment_on_a_work_pool_runs_on_a_worker(prefect_server: dict[str, st
     assert len(_post(f"{api}/deployments/filter", {"deployments": {"name": {"any_": ["pooled"]}}})) == 2
     assert deployments["pooled"]["work_pool_name"] == "test-pool"
 
-    params = {
-        "input_path": str(clip),
-        "output_path": str(out),
-        "params": {"scale": 2, "model": str(tmp_path / "tiny.pt"), "segment_seconds": 0},
-    }
     cmd = [str(BIN / "prefect"), "deployment", "run", "remaster-episode/pooled"]
     cmd += ["--params", json.dumps(params)]
     run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert not out.exists()  # scheduled, but no worker has taken it yet
+    assert not Path(params["output_path"]).exists()  # scheduled, but no worker has taken it yet
 
     # one poll of the pool: the worker takes the run, runs it in a subprocess and returns
     log = tmp_path / "worker.log"
@@ -252,6 +249,4 @@ def test_deployment_on_a_work_pool_runs_on_a_worker(prefect_server: dict[str, st
     assert worker.returncode == 0, log.read_text()[-3000:]
     runs = _post(f"{api}/flow_runs/filter", {"deployments": {"name": {"any_": ["pooled"]}}})
     assert [r["state_type"] for r in runs] == ["COMPLETED"], log.read_text()[-3000:]
-    got, src = probe(out), probe(clip)
-    assert (got.width, got.height) == (2 * src.width, 2 * src.height)
-    assert got.frames == src.frames
+    _assert_remastered(params)
