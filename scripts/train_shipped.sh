@@ -14,10 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=$(realpath -m "$1")
 X2_ITERS=${2:-2400}
-X4_ITERS=${3:-1500}
+X4_ITERS=${3:-600}
 BATCH=${BATCH:-16}
 X2_CROP=${X2_CROP:-96}
-X4_CROP=${X4_CROP:-192}
+X4_CROP=${X4_CROP:-128}
 SHARED=$(realpath ../shared)
 HELD_OUT="anime4k_Fate_1080p.jpg anime4k_Slime_1080p.jpg apisr_naruto.jpg"
 PY=${PY:-.venv/bin/python}
@@ -36,10 +36,10 @@ $PY -m stages.tile --ingested "$WORK/data/ingested" --out "$WORK/data/tiles" "${
 $PY -m stages.pack --ingested "$WORK/data/ingested" --tiles "$WORK/data/tiles" --out "$WORK/data/packed"
 
 data=(--train "$WORK/data/packed/train.h5" --val "$WORK/data/packed/val.h5")
-train=(-S train.batch_size="$BATCH" -S train.schedule=cosine -S train.val_every=600)
-$PY -m stages.train "${train[@]}" -S train.iterations="$X2_ITERS" -S train.scale=2 -S train.hr_crop="$X2_CROP" \
+train=(-S train.batch_size="$BATCH" -S train.schedule=cosine)
+$PY -m stages.train "${train[@]}" -S train.iterations="$X2_ITERS" -S train.val_every=600 -S train.scale=2 -S train.hr_crop="$X2_CROP" \
   "${data[@]}" --out "$WORK/runs/x2" --metrics "$WORK/metrics/x2.json" --plots "$WORK/plots/x2"
-$PY -m stages.train "${train[@]}" -S train.iterations="$X4_ITERS" -S train.scale=4 -S train.hr_crop="$X4_CROP" \
+$PY -m stages.train "${train[@]}" -S train.iterations="$X4_ITERS" -S train.val_every=300 -S train.scale=4 -S train.hr_crop="$X4_CROP" \
   -S train.init="$WORK/runs/x2/best.pt" \
   "${data[@]}" --out "$WORK/runs/x4" --metrics "$WORK/metrics/x4.json" --plots "$WORK/plots/x4"
 
