@@ -17,6 +17,11 @@ memory is one trunk feature map plus one tile's working set, instead of the whol
 activations at LR and HR resolution. Holding no feature map at all would mean recomputing the
 trunk up to each block (n_blocks / 2 times the work).
 
+Every ``Upscaler`` runs an A2N as ``models.a2n.fuse_for_inference`` rewrites it: each block's
+three 3x3 convs that read the same activation run as one wide conv, and each nearest-upsample +
+conv of the reconstruction runs as a sub-pixel conv at the lower resolution. The function is
+the same (tests hold it to float rounding); only the GEMM shapes change.
+
 ``tiled_forward`` is the generic fallback for models that are not an ``A2N`` (the ONNX backend):
 overlapping tiles feathered together, exact only for models without global operations.
 """
@@ -37,7 +42,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from models.a2n import A2N, AAB, A2NConfig, _lrelu
+from models.a2n import A2N, AAB, A2NConfig, FusedAAB, _lrelu, fuse_for_inference
 from models.checkpoint import load_model
 from stages.imaging import imresize
 
@@ -155,15 +160,15 @@ def _feature_store(device: torch.device, nbytes: int) -> torch.device:
     return device
 
 
-def _adm_weights(block: AAB, pooled: torch.Tensor) -> torch.Tensor:
+def _adm_weights(block: AAB | FusedAAB, pooled: torch.Tensor) -> torch.Tensor:
     return block.branch_weights(pooled)  # (B, C) -> (B, 2)
 
 
-def _aab(block: AAB, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _aab(block: AAB | FusedAAB, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return block(x, w)  # ``AAB.forward`` with its ADM weights (B, 2) given
 
 
-def _pooled_sum(block: AAB, x: torch.Tensor) -> torch.Tensor:
+def _pooled_sum(block: AAB | FusedAAB, x: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) block input -> (B, C) float64 sum of what the block's ADM averages."""
     return _lrelu(block.conv_first(x)).sum(dim=(2, 3), dtype=torch.float64)
 
@@ -187,7 +192,7 @@ def a2n_tiled_forward(model: A2N, x: torch.Tensor, tile: int, *, compiled: bool 
     if tile <= 0 or (h <= tile and w <= tile):
         return model(x)
     aab, tail = _compiled_parts() if compiled else (_aab, _tail)
-    cfg, blocks = model.config, cast(list[AAB], list(model.AAB_trunk))
+    cfg, blocks = model.config, cast(list[AAB | FusedAAB], list(model.AAB_trunk))
     tile = max(tile, 4 * BLOCK_HALO)  # a band must hold the next band's halo
     rows, cols = _bands(h, tile), _bands(w, tile)
     r = BLOCK_HALO
@@ -296,6 +301,11 @@ class Upscaler:
     overlap: int = 16  # LR pixels shared by neighbouring tiles (non-A2N models only)
     info: dict[str, Any] | None = None
     backend: str = "torch"
+    fuse: bool = True  # run an A2N as ``fuse_for_inference`` makes it (same outputs, faster)
+
+    def __post_init__(self) -> None:
+        if self.fuse and isinstance(self.model, A2N):
+            self.model = fuse_for_inference(self.model)
 
     @classmethod
     def load(
@@ -333,7 +343,7 @@ class Upscaler:
         side = auto_tile(config, dev) if tile is None else tile
         up = cls(model, config, dev, pick_precision(precision, dev), side, overlap, info)
         if compile:
-            up.model = torch.compile(model)  # type: ignore[assignment]
+            up.model = torch.compile(up.model)  # type: ignore[assignment]
             up.info = {**(info or {}), "compiled": True}
         return up
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.a2n import A2N, A2NConfig, is_upsampler_key
+from models.a2n import A2N, A2NConfig, FusedAAB, SubpixelConv, fuse_for_inference, is_upsampler_key
 from stages.imaging import downscale, modcrop
 from stages.metrics import psnr_y
 
@@ -41,7 +41,8 @@ def test_parity_with_published_weights_on_set5(refs: Path, scale: int, expected:
     # channels_last runs this network 1.5-5x faster on CPU (oneDNN); results are unchanged
     model = _published(refs, scale)
     model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    scores = []
+    fused = fuse_for_inference(model)  # what every command runs
+    scores, gap = [], 0.0
     hr_files = sorted((refs / "benchmarks" / "Set5" / "HR").glob("*.png"))
     assert len(hr_files) == 5
     for f in hr_files:
@@ -51,10 +52,39 @@ def test_parity_with_published_weights_on_set5(refs: Path, scale: int, expected:
         x = x.contiguous(memory_format=torch.channels_last)  # (1, 3, H, W)
         with torch.inference_mode():
             y = model(x)  # (1, 3, H*s, W*s) in [0, 1]
+            gap = max(gap, (fused(x) - y).abs().max().item())
         sr = (y[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
         assert sr.shape == hr.shape
         scores.append(psnr_y(sr, hr, crop=scale))
     assert float(np.mean(scores)) == pytest.approx(expected, abs=0.03)
+    assert gap < 1e-4  # float rounding only: far below one 8-bit level (3.9e-3)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_fused_inference_model_computes_the_same_function(scale: int, kernel: int) -> None:
+    torch.manual_seed(0)
+    cfg = A2NConfig(scale=scale, n_feat=16, n_up_feat=8, n_blocks=2, non_attention_kernel=kernel)
+    model = A2N(cfg).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_for_inference(model)
+    x = torch.rand(2, 3, 23, 17)  # odd sides: the sub-pixel conv's borders
+    with torch.inference_mode():
+        ref, out = model(x), fused(x)
+    assert out.shape == ref.shape == (2, 3, 23 * scale, 17 * scale)
+    assert (out - ref).abs().max() < 1e-5
+    block = fused.AAB_trunk[0]
+    assert isinstance(block, FusedAAB) and block.wide.out_channels == (3 if kernel == 3 else 2) * 16
+    assert isinstance(fused.upconv1, SubpixelConv)
+    assert isinstance(model.AAB_trunk[0], type(A2N(cfg).AAB_trunk[0]))  # the source is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert fuse_for_inference(fused) is fused
+    assert not any(p.requires_grad for p in fused.parameters())
+
+
+def test_subpixel_conv_refuses_what_it_cannot_compute() -> None:
+    with pytest.raises(ValueError, match="3x3 conv with stride 1 and padding 1"):
+        SubpixelConv(torch.nn.Conv2d(4, 4, 3, padding=0), 2)
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
