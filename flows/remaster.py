@@ -31,11 +31,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed, wait
-from tqdm import tqdm
 
 from flows.runners import RUNNERS, ModelSpec, make_task_runner, runs_in_process, upscaler, worker_name
 from stages import media, video
-from stages.common import prepare, progress_enabled, stage_parser
+from stages.common import prepare, progress_bar, stage_parser
 from stages.fsutil import sha256_file, write_json
 from stages.inference import Upscaler, bicubic_upscale, resolve_model_path
 from stages.params import RemasterParams, flatten
@@ -186,7 +185,7 @@ def upscale_all(
     reused = len(segments) - len(todo)
     logger.info("%d segments: %d reused from an earlier run, %d to upscale", len(segments), reused, len(todo))
     frames = sum(s.frames for s, _ in todo)
-    bar = tqdm(total=info.frames, initial=info.frames - frames, unit="frame", disable=not progress_enabled())
+    bar = progress_bar(info.frames, initial=info.frames - frames, unit="frame", log=logger)
     with bar:
         kwargs: dict[str, Any] = {
             "deinterlace": deinterlace,

@@ -6,6 +6,12 @@ import argparse
 import logging
 import os
 import sys
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+from tqdm import tqdm
 
 from stages.params import Params, load_params
 from stages.tracking import Tracker, make_tracker
@@ -59,3 +65,46 @@ def prepare(args: argparse.Namespace) -> tuple[Params, Tracker]:
 def progress_enabled(flag: bool | None = None) -> bool:
     """One progress bar per long loop, and none when stderr is not a terminal."""
     return sys.stderr.isatty() if flag is None else flag
+
+
+class LogProgress:
+    """The progress bar off a terminal (a service, a log file): a log line at most every
+    ``every`` seconds, and one at the end, with the count, the rate and the time left."""
+
+    def __init__(
+        self, total: int, *, initial: int = 0, unit: str = "it", log: Any = None, every: float = 30.0
+    ):
+        self.total, self.n, self.unit, self.every = total, initial, unit, every
+        self.log = log or logging.getLogger("remaster.progress")
+        self._start_n, self._t0 = initial, time.monotonic()
+        self._last = self._t0
+        self._lock = threading.Lock()  # tasks on threads report at once
+
+    def update(self, n: int = 1) -> None:
+        with self._lock:
+            self.n += n
+            now = time.monotonic()
+            if now - self._last >= self.every or self.n >= self.total:
+                self._last = now
+                self.log.info("%s", self.line(now))
+
+    def line(self, now: float) -> str:
+        rate = (self.n - self._start_n) / max(now - self._t0, 1e-9)
+        left = (self.total - self.n) / rate if rate > 0 else float("inf")
+        eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left != float("inf") else "?"
+        return f"{self.n}/{self.total} {self.unit}s, {rate:.3g} {self.unit}/s, {eta} left"
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        return None
+
+
+def progress_bar(
+    total: int, *, initial: int = 0, unit: str = "it", log: Any = None
+) -> tqdm[Any] | LogProgress:
+    """A tqdm bar on a terminal; elsewhere ``LogProgress``, so that a long job still says how far it is."""
+    if progress_enabled():
+        return tqdm(total=total, initial=initial, unit=unit)
+    return LogProgress(total, initial=initial, unit=unit, log=log)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from flows import remaster, watch
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
 from stages import media
+from stages.common import LogProgress, progress_bar
 from stages.params import RemasterParams
 from stages.tracking import NullTracker
 
@@ -189,3 +191,16 @@ def test_bad_input_and_existing_output_fail_clearly(
     assert remaster.main([str(assets["episode"]), "-o", str(tmp_path / "out.mkv"), *cli_args(assets)]) == 1
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "out.mkv").read_bytes() == b"precious"
+
+
+def test_progress_off_a_terminal_goes_to_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    assert isinstance(progress_bar(5), LogProgress)  # pytest's stderr is not a terminal
+    log = logging.getLogger("remaster.test.progress")
+    with (
+        caplog.at_level(logging.INFO, logger=log.name),
+        LogProgress(10, initial=4, unit="frame", log=log) as bar,
+    ):
+        bar.update(3)  # within the 30 s interval: silent
+        bar.update(3)  # the last frame: always said
+    lines = [r.getMessage() for r in caplog.records if r.name == log.name]
+    assert len(lines) == 1 and lines[0].startswith("10/10 frames, ") and lines[0].endswith("00:00:00 left")
