@@ -15,14 +15,13 @@ from stages import inference
 from stages.imaging import imresize, modcrop
 from stages.inference import (
     Upscaler,
-    a2n_tiled_forward,
     auto_tile,
     bicubic_upscale,
     pick_precision,
     resolve_model_path,
-    tiled_forward,
 )
 from stages.metrics import psnr_y
+from stages.tiling import a2n_tiled_forward, tiled_forward
 
 torch.set_num_threads(2)
 
