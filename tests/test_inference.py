@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,8 @@ from stages.inference import (
 )
 from stages.metrics import psnr_y
 from stages.tiling import a2n_tiled_forward, tiled_forward
+
+ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(2)
 
@@ -111,6 +115,42 @@ def test_model_resolution_errors(tmp_path: Path) -> None:
         resolve_model_path(str(tmp_path / "missing.pt"), 2)
     with pytest.raises(FileNotFoundError, match="no shipped weights for x3"):
         resolve_model_path(None, 3)
+
+
+FAULTS_PER_BLOCK = """
+import resource, sys, torch
+from models.a2n import A2N, A2NConfig
+from stages.inference import keep_freed_memory
+if sys.argv[1] == "tuned":
+    assert keep_freed_memory()
+torch.set_num_threads(2)
+block = A2N(A2NConfig(scale=2, n_blocks=1)).eval().AAB_trunk[0]
+x = torch.rand(1, 40, 148, 196)  # one CPU tile of a 576x432 frame, with its halo
+with torch.inference_mode():
+    block(x)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        block(x)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_cpu_inference_reuses_freed_memory_without_page_faults() -> None:
+    faults = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", FAULTS_PER_BLOCK, mode],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        for mode in ("default", "tuned")
+    }
+    assert faults["default"] > 2000  # glibc maps and zeroes fresh pages for each new activation
+    assert faults["tuned"] < 50
 
 
 def test_auto_tile_fits_the_budget() -> None:
