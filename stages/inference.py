@@ -94,13 +94,15 @@ _MALLOC_SETTINGS = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 512 << 20
 def keep_freed_memory() -> bool:
     """Have glibc reuse freed tensor memory instead of handing it back to the kernel.
 
-    By default glibc serves every block above its mmap threshold (128 KiB at first) with a fresh
-    mmap and trims freed heap, so each new activation of a tile costs page faults and zeroing in
-    the kernel: 8,000 to 13,000 faults per A2N block on a 192 px tile, with the block 1.4 to 1.7x
-    slower than with none. Keeping blocks up to glibc's maximum threshold (32 MiB) in the heap,
-    and trimming only above 512 MiB, makes those faults zero. Called once per process by CPU
-    inference and training; True when glibc took the settings (elsewhere it does nothing)."""
-    if not sys.platform.startswith("linux"):
+    By default glibc serves blocks above its mmap threshold (128 KiB at first, then the largest
+    block freed so far) with a fresh mmap and trims freed heap, so new activations cost page
+    faults and zeroing in the kernel: up to 16,000 faults per A2N block call on a 192 px tile.
+    Keeping blocks up to glibc's maximum threshold (32 MiB) in the heap, and trimming only
+    above 512 MiB, makes those zero; a whole 576x432 x2 frame then faults a quarter as often
+    and runs about 1.08x faster (``benchmarks/engine_gains.py``). Called once per process by CPU
+    inference and training; True when glibc took the settings (elsewhere it does nothing).
+    ``REMASTER_KEEP_FREED_MEMORY=0`` leaves glibc's defaults (RSS then shrinks after a peak)."""
+    if not sys.platform.startswith("linux") or os.environ.get("REMASTER_KEEP_FREED_MEMORY") == "0":
         return False
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
