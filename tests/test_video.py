@@ -150,6 +150,16 @@ def test_split_accounts_for_every_frame(sources: Path, tmp_path: Path) -> None:
         video.check_accounting(48, [12, 12, 12, 11])
 
 
+@pytest.mark.parametrize("name", ["realesrgan_onepiece_demo.mp4", "tas_jjk_1080p_test.mp4"])
+def test_the_shared_clips_probe_and_split_exactly(shared: Path, tmp_path: Path, name: str) -> None:
+    info = media.probe(shared / "data/video" / name)
+    assert info.frames == media.count_packets(shared / "data/video" / name) > 100
+    assert not info.vfr and not info.interlaced and info.streams[1].startswith("audio:aac")
+    segments = video.split(info, tmp_path, 2.0)  # at the encodes' own keyframes
+    assert len(segments) >= 2 and sum(s.frames for s in segments) == info.frames
+    assert sum(s.duration for s in segments) == pytest.approx(info.video_duration)
+
+
 @pytest.fixture(scope="module")
 def remastered(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return remaster(sources / "episode.mkv", tmp_path_factory.mktemp("work"))
