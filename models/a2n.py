@@ -132,25 +132,25 @@ class FusedAAB(nn.Module):
     ``k1`` and ``k3`` and the non-attention conv. Here they run as one conv with three times the
     output channels (one 40 -> 120 GEMM instead of three 40 -> 40 ones: about 1.5x the
     throughput on an AVX-512 CPU, where 40 output channels fill the vector lanes poorly), and
-    the pointwise steps run in place on tensors the block owns. Build it with ``fuse_for_inference``;
-    it snapshots the weights and has no state dict of the published layout.
+    the pointwise steps run in place on tensors the block owns. It takes over ``block``'s other
+    modules, so build it with ``fuse_for_inference``, which hands it a copy; it has no state dict
+    of the published layout.
     """
 
     def __init__(self, block: AAB) -> None:
         super().__init__()
         att, nf = block.attention, block.conv_first.out_channels
         self.nf, self.temperature = nf, block.temperature
-        self.conv_first, self.ADM = copy.deepcopy(block.conv_first), copy.deepcopy(block.ADM)
+        self.conv_first, self.ADM, self.k2, self.k4 = block.conv_first, block.ADM, att.k2, att.k4
+        self.conv_last = block.conv_last
         shared = [att.k1, att.k3]
-        self.non_attention: nn.Module | None = copy.deepcopy(block.non_attention)
+        self.non_attention: nn.Module | None = block.non_attention
         if block.non_attention.kernel_size == (3, 3):  # A2N; A2N-M's 1x1 conv stays apart
             shared.append(block.non_attention)
             self.non_attention = None
         self.wide = nn.Conv2d(nf, nf * len(shared), 3, padding=1, bias=False)
         with torch.no_grad():
             self.wide.weight.copy_(torch.cat([c.weight for c in shared]))
-        self.k2, self.k4 = copy.deepcopy(att.k2), copy.deepcopy(att.k4)
-        self.conv_last = copy.deepcopy(block.conv_last)
 
     def branch_weights(self, pooled: torch.Tensor) -> torch.Tensor:
         """As ``AAB.branch_weights``."""
@@ -280,13 +280,11 @@ def fuse_for_inference(model: A2N) -> A2N:
     gradients, no published state dict)."""
     if any(isinstance(b, FusedAAB) for b in model.AAB_trunk):
         return model
-    fused = copy.deepcopy(model).eval().requires_grad_(False)
-    fused.AAB_trunk = nn.Sequential(*(FusedAAB(cast(AAB, b)) for b in model.AAB_trunk))
-    fused.upconv1 = SubpixelConv(cast(nn.Conv2d, model.upconv1), 2 if model.scale == 4 else model.scale)
+    fused = copy.deepcopy(model)  # the one copy: the fused modules take over its parts
+    fused.AAB_trunk = nn.Sequential(*(FusedAAB(cast(AAB, b)) for b in fused.AAB_trunk))
+    fused.upconv1 = SubpixelConv(cast(nn.Conv2d, fused.upconv1), 2 if model.scale == 4 else model.scale)
     if model.scale == 4:
-        fused.upconv2 = SubpixelConv(cast(nn.Conv2d, model.upconv2), 2)
-    fused.requires_grad_(False)
-    blocks = [cast(AAB, b) for b in model.AAB_trunk]
-    if blocks and blocks[0].attention.k1.weight.is_contiguous(memory_format=torch.channels_last):
-        fused.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    return fused
+        fused.upconv2 = SubpixelConv(cast(nn.Conv2d, fused.upconv2), 2)
+    if model.trunk_conv.weight.is_contiguous(memory_format=torch.channels_last):
+        fused.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the new convs too
+    return fused.eval().requires_grad_(False)
