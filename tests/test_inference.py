@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from stages.inference import (
     resolve_model_path,
 )
 from stages.metrics import psnr_y
-from stages.tiling import a2n_tiled_forward, tiled_forward
+from stages.tiling import Lanes, _bands, a2n_tiled_forward, shared_lanes, tiled_forward
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,10 +59,40 @@ def test_tiled_equals_whole_for_odd_sizes(scale: int) -> None:
         assert (naive - whole).abs().max() > 1e-3  # the ADM's global pooling defeats plain tiles
         fused = fuse_for_inference(model)  # the engine's model: the same function, faster
         for tile in (8, 13, 16, 30):  # bands shorter than, equal to and longer than the halos
-            for net in (model, fused):
-                tiled = a2n_tiled_forward(net, x, tile)
+            for net, lanes in ((model, None), (fused, None), (fused, shared_lanes(2))):
+                tiled = a2n_tiled_forward(net, x, tile, lanes=lanes)
                 assert tiled.shape == whole.shape
-                assert (tiled - whole).abs().max() < 1e-3, tile
+                assert (tiled - whole).abs().max() < 1e-3, (tile, lanes)
+
+
+def test_bands_are_near_equal_and_fill_the_lanes() -> None:
+    assert _bands(576, 192) == [(0, 192), (192, 384), (384, 576)]
+    assert _bands(576, 192, multiple=2) == [(0, 144), (144, 288), (288, 432), (432, 576)]
+    assert _bands(37, 16, multiple=2) == [(0, 9), (9, 18), (18, 28), (28, 37)]  # 3 rounded up to 4
+    assert _bands(30, 16, multiple=4) == [(0, 15), (15, 30)]  # 4 bands would be under 8 px
+    assert _bands(40, 8, multiple=2) == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 40)]  # never > tile
+    assert _bands(12, 16, multiple=4) == [(0, 12)]  # too short to split into 8 px bands
+
+
+def test_lanes_run_single_core_threads_and_carry_the_callers_modes() -> None:
+    lanes = Lanes(2)
+    try:
+        assert torch.get_num_threads() == 2  # the caller keeps its threads
+        assert lanes.map(lambda _: torch.get_num_threads(), range(4)) == [1, 1, 1, 1]
+        later: list[int] = []
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert later == [2]  # and so do threads started afterwards
+        with torch.inference_mode():
+            assert lanes.map(lambda _: torch.is_inference_mode_enabled(), range(2)) == [True, True]
+        assert lanes.map(lambda i: i * i, range(5)) == [0, 1, 4, 9, 16]  # in order
+        with pytest.raises(ZeroDivisionError):
+            lanes.map(lambda i: 1 // i, [1, 0])
+    finally:
+        lanes.close()
+    with pytest.raises(ValueError, match="at least 2 threads"):
+        Lanes(1)
 
 
 def test_tiled_equals_whole_on_the_published_weights(shared: Path) -> None:
