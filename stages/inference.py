@@ -130,14 +130,15 @@ def pick_precision(precision: str, device: torch.device) -> str:
 
 def auto_tile(config: A2NConfig, device: torch.device, budget_bytes: int | None = None) -> int:
     """An LR tile side whose working set fits the budget (half the free GPU memory; on a CPU,
-    a quarter of the available memory, capped at the throughput-best ``CPU_TILE``)."""
+    a quarter of the available memory shared by the lanes' tiles, capped at the throughput-best
+    ``CPU_TILE``)."""
     cap = 1024
     if budget_bytes is None:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             budget_bytes = free // 2
         else:
-            budget_bytes, cap = _available_memory() // 4, CPU_TILE
+            budget_bytes, cap = _available_memory() // 4 // cpu_cores(), CPU_TILE
     s = config.scale
     # Live activations per LR pixel, fp32: ~12 body feature maps plus ~4 maps at HR resolution.
     per_px = 4 * (12 * config.n_feat + 4 * config.n_up_feat * s * s)

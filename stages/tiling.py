@@ -11,18 +11,19 @@ tile by tile, and only then runs the block over the tiles with a halo of 2 LR pi
 block's receptive field). The reconstruction has no global operation: it runs tile by tile with a
 4-pixel halo, in tiles of 2 * tile / scale LR pixels (the same HR size at every scale).
 
-Cost against a whole-image forward, at 192 px tiles: about 5% more multiply-adds (halos, and
-each ADM's 1x1 conv once more for the sums), yet faster on a CPU, where tiles stay in cache;
-memory is one trunk feature map plus one tile's working set, instead of the whole image's
+Cost against a whole-image forward, at 288 px tiles on a 576x432 frame: about 4% more
+multiply-adds (halos, and each ADM's 1x1 conv once more for the sums), yet faster on a CPU;
+memory is one trunk feature map plus one tile's working set per lane (below), instead of the whole image's
 activations at LR and HR resolution. Holding no feature map at all would mean recomputing the
 trunk up to each block (n_blocks / 2 times the work).
 
 On a CPU the tiles of a band (and of the head and the reconstruction) run on ``Lanes``: one
 worker thread per core, each running its ops on one core. A2N's convs have 24 to 120 channels,
-too few for one op to keep several cores busy, so a 2-core Xeon finishes a 576x432 frame about
-1.3x sooner with two single-threaded lanes than with every op spread over both cores
-(``benchmarks/engine_gains.py``). The result is the same: the tiles and their order of summation
-do not change with the lanes.
+too few for one op to keep several cores busy without waiting on each other, so a 2-core Xeon
+finishes a 576x432 frame 4 to 10% sooner with two single-threaded lanes than with every op
+spread over both cores, on 6 to 9% less CPU time (``benchmarks/engine_gains.py``). With lanes,
+a band's column count is rounded up to a multiple of the lanes, so that none idles; otherwise
+the tiles, and the order in which their pooled sums are added, do not depend on the lanes.
 
 ``tiled_forward`` is the generic fallback for models that are not an ``A2N`` (the ONNX backend):
 overlapping tiles feathered together, exact only for models without global operations.
@@ -34,6 +35,7 @@ import functools
 import itertools
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -101,10 +103,15 @@ class Lanes:
         self._pool.shutdown(wait=True)
 
 
-@functools.cache
 def shared_lanes(n: int) -> Lanes | None:
-    """The process's ``Lanes`` of ``n`` threads (None below 2): every upscaler shares them."""
-    return Lanes(n) if n >= 2 else None
+    """The process's ``Lanes`` of ``n`` threads (None below 2): every upscaler shares them.
+    A forked child gets its own (it inherits the parent's pool, but not its threads)."""
+    return _lanes_of(n, os.getpid()) if n >= 2 else None
+
+
+@functools.cache
+def _lanes_of(n: int, pid: int) -> Lanes:
+    return Lanes(n)
 
 
 def _map(lanes: Lanes | None, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:

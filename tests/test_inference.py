@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import subprocess
 import sys
 import threading
@@ -93,6 +95,19 @@ def test_lanes_run_single_core_threads_and_carry_the_callers_modes() -> None:
         lanes.close()
     with pytest.raises(ValueError, match="at least 2 threads"):
         Lanes(1)
+
+
+def _abs_on_lanes(values: list[int]) -> list[int]:
+    lanes = shared_lanes(2)
+    assert lanes is not None
+    return lanes.map(abs, values)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_gets_working_lanes() -> None:
+    assert _abs_on_lanes([-1]) == [1]  # the parent's pool exists, with its threads
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # the child inherits it, threads not
+        assert pool.apply_async(_abs_on_lanes, ([-1, -2, 3],)).get(timeout=60) == [1, 2, 3]
 
 
 def test_tiled_equals_whole_on_the_published_weights(shared: Path) -> None:
