@@ -38,6 +38,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Client]]:
     scratch = tmp_path_factory.mktemp("dask_scratch")
+    environ = dict(os.environ)
     cluster = LocalCluster(
         n_workers=2,
         threads_per_worker=1,
@@ -46,6 +47,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
         local_directory=str(scratch),
         scheduler_kwargs={"local_directory": str(scratch)},  # else it goes to /tmp/dask-scratch-space
     )
+    # Dask's nanny sets its workers' variables (OMP_NUM_THREADS=1 among them) in this process's
+    # environment before it spawns them; the tests after this module must not run on one thread
+    os.environ.clear()
+    os.environ.update(environ)
     try:
         client = Client(cluster, set_as_default=False)
         try:

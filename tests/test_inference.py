@@ -77,6 +77,8 @@ def test_bands_are_near_equal_and_fill_the_lanes() -> None:
 
 
 def test_lanes_run_single_core_threads_and_carry_the_callers_modes() -> None:
+    before = torch.get_num_threads()  # other test modules set their own at import
+    torch.set_num_threads(2)
     lanes = Lanes(2)
     try:
         assert torch.get_num_threads() == 2  # the caller keeps its threads
@@ -93,6 +95,7 @@ def test_lanes_run_single_core_threads_and_carry_the_callers_modes() -> None:
             lanes.map(lambda i: 1 // i, [1, 0])
     finally:
         lanes.close()
+        torch.set_num_threads(before)
     with pytest.raises(ValueError, match="at least 2 threads"):
         Lanes(1)
 
