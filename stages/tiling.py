@@ -73,10 +73,12 @@ class Lanes:
         # keeps each busy until every one exists), settle each at 1 thread, then give the
         # default back: the caller and threads started later keep every core.
         threads, ready = torch.get_num_threads(), threading.Barrier(n)
+        self._workers: set[int] = set()
 
         def settle() -> int:
             torch.get_num_threads()  # the worker's first-use initialisation, done before the change
             torch.set_num_threads(1)
+            self._workers.add(threading.get_ident())
             ready.wait()
             return torch.get_num_threads()
 
@@ -85,7 +87,10 @@ class Lanes:
         assert settled == [1] * n, settled
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-        """``[fn(item) for item in items]``, spread over the lanes, in the items' order."""
+        """``[fn(item) for item in items]``, spread over the lanes, in the items' order (in order
+        on the calling thread when that is a lane itself: it would otherwise wait on itself)."""
+        if threading.get_ident() in self._workers:
+            return [fn(item) for item in items]
         inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
         cast_on, cast_dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
 

@@ -91,6 +91,8 @@ def test_lanes_run_single_core_threads_and_carry_the_callers_modes() -> None:
         with torch.inference_mode():
             assert lanes.map(lambda _: torch.is_inference_mode_enabled(), range(2)) == [True, True]
         assert lanes.map(lambda i: i * i, range(5)) == [0, 1, 4, 9, 16]  # in order
+        nested = lanes.map(lambda i: lanes.map(lambda j: i * j, range(3)), range(4))  # no deadlock
+        assert nested == [[0, 0, 0], [0, 1, 2], [0, 2, 4], [0, 3, 6]]
         with pytest.raises(ZeroDivisionError):
             lanes.map(lambda i: 1 // i, [1, 0])
     finally:
