@@ -65,7 +65,23 @@ def make_task_runner(kind: str, address: str | None = None, workers: int = 1) ->
         scratch = Path(tempfile.gettempdir()) / f"remaster-dask-{os.getuid()}"
         cluster_kwargs["local_directory"] = str(scratch)  # the workers'
         cluster_kwargs["scheduler_kwargs"] = {"local_directory": str(scratch)}  # and the scheduler's
-    return DaskTaskRunner(cluster_kwargs=cluster_kwargs)
+    return DaskTaskRunner(cluster_class=local_cluster, cluster_kwargs=cluster_kwargs)
+
+
+def local_cluster(**kwargs: Any) -> Any:
+    """A ``distributed.LocalCluster`` that leaves this process's environment as it found it.
+
+    Dask's nanny writes its workers' variables (``OMP_NUM_THREADS=1`` among them) into the
+    parent's ``os.environ`` before it spawns them; every model later loaded in this process
+    would then run on one thread (``stages.inference.cpu_cores`` reads it)."""
+    from distributed import LocalCluster
+
+    environ = dict(os.environ)
+    try:
+        return LocalCluster(**kwargs)
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 class DaskMapper:

@@ -39,7 +39,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Client]]:
     scratch = tmp_path_factory.mktemp("dask_scratch")
     environ = dict(os.environ)
-    cluster = LocalCluster(
+    cluster = runners.local_cluster(
         n_workers=2,
         threads_per_worker=1,
         processes=True,
@@ -48,9 +48,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
         scheduler_kwargs={"local_directory": str(scratch)},  # else it goes to /tmp/dask-scratch-space
     )
     # Dask's nanny sets its workers' variables (OMP_NUM_THREADS=1 among them) in this process's
-    # environment before it spawns them; the tests after this module must not run on one thread
-    os.environ.clear()
-    os.environ.update(environ)
+    # environment before it spawns them; the flows' clusters, and so the tests after this
+    # module, must not run their models on one thread
+    assert dict(os.environ) == environ
     try:
         client = Client(cluster, set_as_default=False)
         try:
@@ -67,6 +67,7 @@ def test_make_task_runner_picks_the_runner() -> None:
     assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://sched:8786"
     local = runners.make_task_runner("dask", None, 2)
     assert isinstance(local, DaskTaskRunner) and local.address is None
+    assert local.cluster_class is runners.local_cluster  # the one that keeps our environment
     kwargs = local.cluster_kwargs
     assert kwargs["n_workers"] == 2 and kwargs["threads_per_worker"] == 1 and kwargs["processes"]
     assert kwargs["dashboard_address"] is None and "dask-scratch-space" not in kwargs.get(
