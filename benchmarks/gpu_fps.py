@@ -1,6 +1,7 @@
 """Frames per second of full-size A2N x4 on 576x432 frames on a GPU: one Markdown table.
 
-Rows: each precision (bf16, fp16, fp32) with and without ``torch.compile``, through the shared
+Rows: each precision (bf16, fp16, fp32) eager and replayed from CUDA graphs, then bf16 (the
+GPU default) through ``torch.compile``, with and without CUDA graphs; all through the shared
 ``Upscaler`` (uint8 frames in and out, host <-> device copies included, batches of frames as the
 video path makes them). Random weights: speed does not depend on them. The aim is real time,
 25 fps or more, on one H100. ``benchmarks/gpu.sh`` runs it as one short job.
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precisions", default="bf16,fp16,fp32")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA graph rows")
     args = parser.parse_args()
     quiet_environment()
     cuda = args.device.startswith("cuda")
@@ -57,28 +59,37 @@ def main() -> None:
     frames = rng.integers(0, 256, (args.frames, args.height, args.width, 3), dtype=np.uint8)
     size = f"{args.width}x{args.height}"
     print(f"{name}, torch {torch.__version__}; A2N x{args.scale} on {size}, {args.frames} frames\n")
-    print("| precision | compile | tile | frames/batch | fps | ms/frame | peak GPU MiB |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    graphs = (False,) if args.no_graphs or not cuda else (False, True)
+    rows = [(p, False, g) for p in args.precisions.split(",") for g in graphs]
+    if not args.no_compile:
+        rows += [("bf16", True, g) for g in graphs]
+    print("| precision | compile | CUDA graphs | tile | frames/batch | fps | ms/frame | peak GPU MiB |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "a2n.pt"
         save_checkpoint(ckpt, A2N(cfg), cfg)
-        for precision in args.precisions.split(","):
-            for compiled in (False,) if args.no_compile else (False, True):
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                up = Upscaler.load(
-                    str(ckpt), args.scale, device=args.device, precision=precision, compile=compiled
-                )
-                rate, step = fps(up, frames, cuda)
-                peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
-                print(
-                    f"| {precision} | {'yes' if compiled else 'no'} | {up.tile or 'whole'} | {step} "
-                    f"| {rate:.1f} | {1000 / rate:.1f} | {peak:.0f} |",
-                    flush=True,
-                )
-                del up
-                if cuda:
-                    torch.cuda.empty_cache()
+        for precision, compiled, graphed in rows:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            up = Upscaler.load(
+                str(ckpt),
+                args.scale,
+                device=args.device,
+                precision=precision,
+                compile=compiled,
+                cuda_graphs=graphed,
+            )
+            rate, step = fps(up, frames, cuda)
+            peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
+            yes = {True: "yes", False: "no"}
+            print(
+                f"| {precision} | {yes[compiled]} | {yes[graphed]} | {up.tile or 'whole'} | {step} "
+                f"| {rate:.1f} | {1000 / rate:.1f} | {peak:.0f} |",
+                flush=True,
+            )
+            del up
+            if cuda:
+                torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -238,7 +238,14 @@ def remaster_episode(
         with locked(parts / key):
             with timed(seconds, "split"):
                 segments = split_task(info, parts / key, p.segment_seconds)
-            spec = ModelSpec(str(model_path.resolve()), model["sha256"], p.scale, p.precision, p.tile or None)
+            spec = ModelSpec(
+                str(model_path.resolve()),
+                model["sha256"],
+                p.scale,
+                p.precision,
+                p.tile or None,
+                cuda_graphs=p.cuda_graphs,
+            )
             up = upscaler(spec)  # the thread pool's tasks use this one; Dask workers load their own
             model.update({k: (up.info or {}).get(k) for k in ("source", "step")})
             with timed(seconds, "upscale"):
@@ -350,6 +357,9 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         help="segments upscaled at once (0 = 1 on a CPU, 2 on a GPU); a Dask cluster has its own",
     )
     parser.add_argument("--batch", type=int, help="frames per model call")
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", default=None, help="replay the model from CUDA graphs (GPU)"
+    )
     parser.add_argument(
         "--runner", choices=CHOICES["runner"], help="upscale segments on a thread pool or on Dask workers"
     )

@@ -128,6 +128,7 @@ class ModelSpec:
     precision: str = "auto"  # resolved by each worker for its own device
     tile: int | None = None  # None: sized to each worker's device memory
     device: str = "auto"
+    cuda_graphs: bool = False
 
 
 _UPSCALERS: OrderedDict[ModelSpec, Upscaler] = OrderedDict()
@@ -149,7 +150,12 @@ def upscaler(spec: ModelSpec) -> Upscaler:
                 "hashed: every worker must see the same model file"
             )
         up = Upscaler.load(
-            spec.path, spec.scale, device=spec.device, precision=spec.precision, tile=spec.tile
+            spec.path,
+            spec.scale,
+            device=spec.device,
+            precision=spec.precision,
+            tile=spec.tile,
+            cuda_graphs=spec.cuda_graphs,
         )
         log.info("loaded %s on %s (%s, %s)", path.name, worker_name(), up.device, up.precision)
         _UPSCALERS[spec] = up

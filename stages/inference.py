@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 
 from models.a2n import A2N, A2NConfig, fuse_for_inference
 from models.checkpoint import load_model
+from stages.graphs import GraphedForward
 from stages.imaging import imresize
 from stages.tiling import Model, a2n_tiled_forward, shared_lanes, tiled_forward
 
@@ -167,8 +168,14 @@ class Upscaler:
     backend: str = "torch"
     fuse: bool = True  # run an A2N as ``fuse_for_inference`` makes it (same outputs, faster)
     lanes: int = 0  # tiles run side by side on this many single-core threads; 0 = one per core (CPU)
+    cuda_graphs: bool = False  # replay each input shape's forward from a CUDA graph (GPU, torch backend)
+    _graphed: GraphedForward | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.cuda_graphs:
+            if self.backend != "torch":
+                raise ValueError("CUDA graphs need the torch backend")
+            self._graphed = GraphedForward(self.device)  # a ValueError off a GPU
         if self.device.type == "cpu":
             keep_freed_memory()
         if self.lanes <= 0:
@@ -188,9 +195,12 @@ class Upscaler:
         overlap: int = 16,
         backend: str = "auto",
         compile: bool = False,
+        cuda_graphs: bool = False,
     ) -> Upscaler:
         """Load ``spec`` (see ``resolve_model_path``; a ``.onnx`` file runs on ONNX Runtime) for
-        ``scale`` and pick device, precision and tile (None: from memory; 0: whole frames)."""
+        ``scale`` and pick device, precision and tile (None: from memory; 0: whole frames).
+        ``compile`` runs the model through ``torch.compile``; ``cuda_graphs`` replays it from CUDA
+        graphs (``stages.graphs``), with or without ``compile``."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         dev = pick_device(device)
@@ -198,6 +208,8 @@ class Upscaler:
             torch.set_num_threads(cpu_cores())
         path = resolve_model_path(spec, scale)
         if backend == "onnx" or (backend == "auto" and path.suffix == ".onnx"):
+            if cuda_graphs:
+                raise ValueError("CUDA graphs need the torch backend, not ONNX Runtime")
             from stages.export import load_onnx_upscaler
 
             return load_onnx_upscaler(cls, path, scale, dev, precision, tile, overlap)
@@ -210,7 +222,8 @@ class Upscaler:
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True  # tiles repeat a few shapes
         side = auto_tile(config, dev) if tile is None else tile
-        up = cls(model, config, dev, pick_precision(precision, dev), side, overlap, info)
+        precision = pick_precision(precision, dev)
+        up = cls(model, config, dev, precision, side, overlap, info, cuda_graphs=cuda_graphs)
         if compile:
             up.model = torch.compile(up.model)  # type: ignore[assignment]
             up.info = {**(info or {}), "compiled": True}
@@ -224,7 +237,8 @@ class Upscaler:
         if self.precision == "fp32" or self.backend != "torch":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        # a graph must not capture autocast's cached weight casts (they would be freed under it)
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=not self.cuda_graphs)
 
     def _forward(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         model = self.model
@@ -245,7 +259,11 @@ class Upscaler:
         while True:
             try:
                 with torch.inference_mode(), self._autocast():
-                    sr = self._forward(x, tile).float()
+                    if self._graphed is not None:
+                        run = functools.partial(self._forward, tile=tile)
+                        sr = self._graphed(run, x, key=(tile, self.precision)).float()
+                    else:
+                        sr = self._forward(x, tile).float()
                 break
             except torch.cuda.OutOfMemoryError:
                 if tile and tile <= 64:

@@ -98,6 +98,7 @@ class RemasterParams:
     batch: int = 2  # frames per model call
     precision: str = "auto"  # auto, fp32, bf16 or fp16
     tile: int = 0  # LR tile side for inference; 0 = sized to the device's memory
+    cuda_graphs: bool = False  # replay the model from CUDA graphs, one per frame shape (GPU only)
     runner: str = "threads"  # where segments upscale: threads (this process) or dask (worker processes)
     dask_address: str = ""  # a running Dask scheduler, tcp://host:8786; "" = a local cluster per run
 

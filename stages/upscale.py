@@ -303,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="torch, or onnx (ONNX Runtime)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start)")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay the model from CUDA graphs (GPU)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -327,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tile=args.tile,
             backend=args.backend,
             compile=args.compile,
+            cuda_graphs=args.cuda_graphs,
         )
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"remaster upscale: {e}", file=sys.stderr)
