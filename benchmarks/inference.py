@@ -44,7 +44,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
 from stages.common import quiet_environment
-from stages.inference import Upscaler, auto_tile, cpu_cores, cpu_has_bf16, keep_freed_memory, pick_precision
+from stages.cpu import cpu_cores, cpu_has_bf16, keep_freed_memory
+from stages.inference import Upscaler, auto_tile, pick_precision
 
 CASES = [(576, 432, 2), (576, 432, 4), (640, 360, 2)]  # (width, height, scale)
 

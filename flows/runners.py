@@ -26,8 +26,9 @@ from typing import Any
 from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from stages.cpu import cpu_cores
 from stages.fsutil import sha256_file
-from stages.inference import Upscaler, cpu_cores
+from stages.inference import Upscaler
 from stages.parallel import Mapper
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def local_cluster(**kwargs: Any) -> Any:
 
     Dask's nanny writes its workers' variables (``OMP_NUM_THREADS=1`` among them) into the
     parent's ``os.environ`` before it spawns them; every model later loaded in this process
-    would then run on one thread (``stages.inference.cpu_cores`` reads it)."""
+    would then run on one thread (``stages.cpu.cpu_cores`` reads it)."""
     from distributed import LocalCluster
 
     environ = dict(os.environ)

@@ -28,8 +28,9 @@ import torch
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import load_model, save_safetensors
 from stages.common import setup_logging
+from stages.cpu import cpu_cores
 from stages.fsutil import atomic_path, sha256_file
-from stages.inference import cpu_cores, resolve_model_path
+from stages.inference import resolve_model_path
 
 if TYPE_CHECKING:
     from stages.inference import Upscaler

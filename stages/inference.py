@@ -12,13 +12,9 @@ the same (tests hold it to float rounding); only the GEMM shapes change.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import logging
 import math
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +24,7 @@ import torch
 
 from models.a2n import A2N, A2NConfig, fuse_for_inference
 from models.checkpoint import load_model
+from stages.cpu import available_memory, cpu_cores, cpu_has_bf16, keep_freed_memory
 from stages.graphs import GraphedForward
 from stages.imaging import imresize
 from stages.tiling import Model, a2n_tiled_forward, shared_lanes, tiled_forward
@@ -69,49 +66,6 @@ def resolve_model_path(spec: str | None, scale: int) -> Path:
     return path
 
 
-def cpu_has_bf16() -> bool:
-    """Native bf16 arithmetic (AVX-512 BF16 or AMX); without it bf16 autocast is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def cpu_cores() -> int:
-    """Cores this process may run on (cgroup and taskset limits included)."""
-    env = os.environ.get("OMP_NUM_THREADS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_MALLOC_SETTINGS = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 512 << 20), (_M_TOP_PAD, 64 << 20))
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Have glibc reuse freed tensor memory instead of handing it back to the kernel.
-
-    By default glibc serves blocks above its mmap threshold (128 KiB at first, then the largest
-    block freed so far) with a fresh mmap and trims freed heap, so new activations cost page
-    faults and zeroing in the kernel: up to 16,000 faults per A2N block call on a 192 px tile.
-    Keeping blocks up to glibc's maximum threshold (32 MiB) in the heap, and trimming only
-    above 512 MiB, makes those zero; a whole 576x432 x2 frame then faults a quarter as often
-    and runs about 1.08x faster (``benchmarks/engine_gains.py``). Called once per process by CPU
-    inference and training; True when glibc took the settings (elsewhere it does nothing).
-    ``REMASTER_KEEP_FREED_MEMORY=0`` leaves glibc's defaults (RSS then shrinks after a peak)."""
-    if not sys.platform.startswith("linux") or os.environ.get("REMASTER_KEEP_FREED_MEMORY") == "0":
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return all(mallopt(param, value) == 1 for param, value in _MALLOC_SETTINGS)
-
-
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,19 +93,12 @@ def auto_tile(config: A2NConfig, device: torch.device, budget_bytes: int | None 
             free, _ = torch.cuda.mem_get_info(device)
             budget_bytes = free // 2
         else:
-            budget_bytes, cap = _available_memory() // 4 // cpu_cores(), CPU_TILE
+            budget_bytes, cap = available_memory() // 4 // cpu_cores(), CPU_TILE
     s = config.scale
     # Live activations per LR pixel, fp32: ~12 body feature maps plus ~4 maps at HR resolution.
     per_px = 4 * (12 * config.n_feat + 4 * config.n_up_feat * s * s)
     side = int(math.sqrt(budget_bytes / per_px))
     return max(64, min(cap, side - side % 8))
-
-
-def _available_memory() -> int:
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        lines = Path("/proc/meminfo").read_text().splitlines()
-        return int(next(ln for ln in lines if ln.startswith("MemAvailable:")).split()[1]) * 1024
-    return 4 << 30
 
 
 @dataclass

@@ -33,6 +33,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import capture_rng_state, load_model, restore_rng_state, save_checkpoint
+from stages import train_report
 from stages import train_utils as tu
 from stages.common import progress_enabled
 from stages.dataset import PairDataset, StepSampler, TileDataset
@@ -107,7 +108,7 @@ def _train(
         summary = hist.summary(samples_per_step)
         if rt.is_main:
             if plots_dir is not None:
-                tu.write_history_csvs(plots_dir, hist)
+                train_report.write_history_csvs(plots_dir, hist)
             if metrics_path is not None:
                 write_json(metrics_path, summary)
         return {**summary, "resumed_from": resumed_from, "run_id": None}
@@ -236,11 +237,11 @@ def _log_artifacts(
     with tempfile.TemporaryDirectory() as tmp:
         pics = plots_dir if plots_dir is not None else Path(tmp)
         pics.mkdir(parents=True, exist_ok=True)
-        files = tu.write_curve_pngs(pics, hist)
+        files = train_report.write_curve_pngs(pics, hist)
         best_model, _, _ = load_model(best, device=rt.device)
-        files.append(tu.write_sample_png(pics / "sample.png", best_model, val_tiles, p.scale, rt))
+        files.append(train_report.write_sample_png(pics / "sample.png", best_model, val_tiles, p.scale, rt))
         if plots_dir is None:
-            files += tu.write_history_csvs(pics, hist)
+            files += train_report.write_history_csvs(pics, hist)
         else:
             files += [plots_dir / "loss.csv", plots_dir / "val.csv"]
         if tracker.run_id is None:

@@ -171,7 +171,7 @@ def test_model_resolution_errors(tmp_path: Path) -> None:
 FAULTS_PER_BLOCK = """
 import resource, sys, torch
 from models.a2n import A2N, A2NConfig
-from stages.inference import keep_freed_memory
+from stages.cpu import keep_freed_memory
 if sys.argv[1] == "tuned":
     assert keep_freed_memory()
 torch.set_num_threads(2)
