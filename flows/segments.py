@@ -1,0 +1,155 @@
+"""A remaster job's segments: its work folder's key and lock, the split, the upscale, the join.
+
+Each finished segment stays under ``OUTPUT.parts/<key>/``, where the key hashes what the
+segment's bytes depend on, so a killed run started again with the same command redoes only what
+was unfinished. Segments are upscaled as Prefect tasks, on the flow's task runner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.futures import as_completed, wait
+
+from flows.runners import ModelSpec, runs_in_process, upscaler, worker_name
+from stages import media, video
+from stages.common import progress_bar
+from stages.fsutil import write_json
+from stages.params import RemasterParams
+
+FORMAT = "remaster-video/1"  # in every segment key: bump it when the same inputs would give other bytes
+
+
+def segment_key(input_sha: str, model_sha: str, p: RemasterParams, pix_fmt: str) -> str:
+    """What a finished segment depends on; a change in any of it starts afresh."""
+    keyed = {"format": FORMAT, "input": input_sha, "model": model_sha, "pix_fmt": pix_fmt}
+    keyed.update(
+        {k: getattr(p, k) for k in ("scale", "codec", "crf", "preset", "segment_seconds", "deinterlace")}
+    )
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def locked(work: Path) -> Iterator[None]:
+    """One run per work folder; a killed run's lock goes with its process."""
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another remaster run is writing {work}") from None
+        for stale in work.rglob(".*.tmp-*"):  # half-written by a run that was killed
+            stale.unlink()
+        yield
+
+
+def plan_segments(info: media.VideoInfo, work: Path, seconds: float) -> list[video.Segment]:
+    """The split, or the one an earlier run of the same job made (its frames were counted then)."""
+    plan = work / "plan.json"
+    if plan.exists():
+        segments = [video.Segment(**{**d, "pts": tuple(d["pts"])}) for d in json.loads(plan.read_text())]
+        if all(Path(s.path).exists() for s in segments):
+            return segments
+    segments = video.split(info, (work / "src").resolve(), seconds)
+    write_json(plan, [dataclasses.asdict(s) for s in segments])
+    return segments
+
+
+def reassemble(
+    info: media.VideoInfo, parts: list[Path], segments: list[video.Segment], muxed: Path, codec: str
+) -> Path:
+    joined = muxed.with_name("joined.mkv")
+    video.concat(parts, [s.duration for s in segments], joined)
+    video.mux(joined, info, muxed, codec)
+    joined.unlink()
+    return muxed
+
+
+def upscale_segment(
+    seg: video.Segment,
+    dst: Path,
+    info: media.VideoInfo,
+    model: ModelSpec,
+    enc: video.Encode,
+    *,
+    deinterlace: bool = False,
+    batch: int = 4,
+    progress: Callable[[int], object] | None = None,
+    keep_frames: Path | None = None,
+) -> int:
+    """``video.upscale_segment`` with the model ``model`` names, loaded once per process (the
+    flow's, or a Dask worker's). Returns the frames upscaled."""
+    if not Path(seg.path).exists():
+        raise FileNotFoundError(
+            f"{seg.path} is not visible on {worker_name()}: Dask workers need the output's folder "
+            "at the same path (a shared filesystem)"
+        )
+    up = upscaler(model)
+    return video.upscale_segment(
+        seg, dst, info, up.upscale_frames, model.scale, enc,
+        deinterlace=deinterlace, batch=batch, progress=progress, keep_frames=keep_frames,
+    )  # fmt: skip
+
+
+split_task = task(name="split", cache_policy=NO_CACHE)(plan_segments)
+upscale_task = task(
+    name="upscale-segment", task_run_name="upscale-segment-{seg.index}", cache_policy=NO_CACHE
+)(upscale_segment)
+reassemble_task = task(name="reassemble", cache_policy=NO_CACHE)(reassemble)
+
+
+def upscale_all(
+    segments: list[video.Segment],
+    work: Path,
+    info: media.VideoInfo,
+    model: ModelSpec,
+    p: RemasterParams,
+    enc: video.Encode,
+    deinterlace: bool,
+    keep_frames: Path | None,
+) -> tuple[list[Path], int, int]:
+    """Upscale every unfinished segment as a task; (segment outputs, segments reused, frames upscaled)."""
+    logger = get_run_logger()
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx else None
+    live = runs_in_process(runner)  # tasks in this process can move the progress bar as they go
+    if p.runner == "dask" and live:
+        logger.warning(
+            "remaster.runner is dask, but this run has %s: see with_workers()", type(runner).__name__
+        )
+    (work / "out").mkdir(exist_ok=True)
+    # absolute: a Dask worker's working directory is its own
+    dsts = [(work / "out").resolve() / f"seg_{s.index:05d}.mkv" for s in segments]
+    # a finished segment has its final name (it is renamed only when whole) and all its frames
+    todo = [(s, d) for s, d in zip(segments, dsts, strict=True) if media.count_packets(d) != s.frames]
+    reused = len(segments) - len(todo)
+    logger.info("%d segments: %d reused from an earlier run, %d to upscale", len(segments), reused, len(todo))
+    frames = sum(s.frames for s, _ in todo)
+    bar = progress_bar(info.frames, initial=info.frames - frames, unit="frame", log=logger)
+    with bar:
+        kwargs: dict[str, Any] = {
+            "deinterlace": deinterlace,
+            "batch": p.batch,
+            "progress": bar.update if live else None,
+            "keep_frames": keep_frames,
+        }
+        futures = [upscale_task.submit(s, d, info, model, enc, **kwargs) for s, d in todo]
+        if live:
+            wait(futures)
+        else:  # a worker process cannot reach this bar: count each segment as it finishes
+            frames_of = {f.task_run_id: s.frames for f, (s, _) in zip(futures, todo, strict=True)}
+            for future in as_completed(futures):
+                bar.update(frames_of[future.task_run_id])
+        for future in futures:
+            future.result()  # the first failure fails the run; the finished segments stay for the next
+    return dsts, reused, frames
