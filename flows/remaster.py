@@ -2,11 +2,11 @@
 
 Segments are upscaled as Prefect tasks on a thread pool (``remaster.workers``: one at a time on
 a CPU, where one upscale already uses every core), or on Dask workers (``remaster.runner``, see
-``flows.runners``), which load the model themselves once each. Each finished segment stays under
-``OUTPUT.parts/<key>/`` (``flows.segments``), where the key hashes the input file, the model file, the scale and the
-encode settings, so a killed run started again with the same command redoes only what was
-unfinished. OUTPUT appears only once complete and verified (muxed inside the parts folder, then
-renamed), and the parts folder goes once OUTPUT is in place.
+``flows.runners``), which load the model themselves once each. Each finished segment stays
+under ``OUTPUT.parts/<key>/`` (``flows.segments``), where the key hashes the input file, the
+model file, the scale and the encode settings, so a killed run started again with the same
+command redoes only what was unfinished. OUTPUT appears only once complete and verified (muxed
+inside the parts folder, then renamed), and the parts folder goes once OUTPUT is in place.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from stages.fsutil import sha256_file, write_json
 from stages.inference import Upscaler, bicubic_upscale, resolve_model_path
 from stages.params import RemasterParams, flatten
 from stages.tracking import NullTracker, Tracker
+from stages.verify import verify
 
 EXPERIMENT = "remaster"
 CONTAINERS = (".mkv", ".mp4", ".m4v", ".mov")
@@ -67,7 +68,7 @@ def side_by_side(info: media.VideoInfo, up: Upscaler, deinterlace: bool) -> np.n
 
 
 probe_task = task(name="probe", cache_policy=NO_CACHE)(media.probe)
-verify_task = task(name="verify", cache_policy=NO_CACHE)(video.verify)
+verify_task = task(name="verify", cache_policy=NO_CACHE)(verify)
 
 
 @contextlib.contextmanager

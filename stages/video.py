@@ -1,4 +1,4 @@
-"""ffprobe and ffmpeg for the video remaster: probe, split, upscale through pipes, concat, mux, verify.
+"""ffmpeg for the video remaster: split, upscale through pipes, concat, mux (``stages.verify`` checks).
 
 Every call is an argument list, never a shell string, and every step checks what it made: a
 dropped frame silently desynchronises the audio, so frames are counted at the split, at the
@@ -19,7 +19,6 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -33,11 +32,8 @@ from stages.media import (
     Colour,
     VideoError,
     VideoInfo,
-    ffprobe_json,
     frame_pass,
-    packet_times,
     run_ffmpeg,
-    stream_hashes,
     tail_text,
 )
 
@@ -306,61 +302,3 @@ def mux(video: Path, info: VideoInfo, dst: Path, codec: str = "libx264") -> None
         run_ffmpeg([*cmd, str(dst)], "muxing")
     except RuntimeError as e:
         raise RuntimeError(f"{e}\n(.mkv holds any stream; {dst.suffix} may not hold all the source's)") from e
-
-
-def _layout(streams: list[dict[str, Any]]) -> list[str]:
-    """type:codec:language:dispositions of each audio, subtitle and attachment stream, in order."""
-    out = []
-    for s in streams:
-        if s["codec_type"] in ("audio", "subtitle", "attachment"):
-            flags = "+".join(k for k in ("default", "forced") if s.get("disposition", {}).get(k))
-            lang = s.get("tags", {}).get("language", "und")
-            out.append(f"{s['codec_type']}:{s.get('codec_name')}:{lang}:{flags}")
-    return out
-
-
-def verify(info: VideoInfo, output: Path, scale: int) -> dict[str, dict[str, Any]]:
-    """Check ``output`` against its source: every check comes back, and any failure raises."""
-    src, out = ffprobe_json(info.path), ffprobe_json(output)
-    checks: dict[str, dict[str, Any]] = {}
-
-    def check(name: str, expected: Any, actual: Any, ok: bool | None = None) -> None:
-        checks[name] = {
-            "ok": expected == actual if ok is None else ok,
-            "expected": expected,
-            "actual": actual,
-        }
-
-    video = next(s for s in out["streams"] if s["codec_type"] == "video")
-    tb, pts, durs = packet_times(output, "v:0")
-    frame = 1 / float(info.frame_rate)
-    check("frames", info.frames, len(pts))
-    check("size", list(output_size(info, scale)), [video.get("width"), video.get("height")])
-    if pts:
-        last = durs[-1] or (pts[-1] - pts[-2] if len(pts) > 1 else 0)
-        span = float((pts[-1] + last - pts[0]) * tb)
-        check(
-            "duration",
-            round(info.video_duration, 4),
-            round(span, 4),
-            abs(span - info.video_duration) <= frame,
-        )
-    if len(pts) == info.frames:  # every frame where its source frame was: VFR kept, no drift
-        drift = max(
-            abs((p - pts[0]) * tb - (s - info.pts[0]) * info.tb) for p, s in zip(pts, info.pts, strict=True)
-        )
-        check("max_drift", "<= 0.002", round(float(drift), 4), drift <= 0.002)  # ms rounding in .mkv
-    d_src, d_out = float(src["format"].get("duration", 0)), float(out["format"].get("duration", 0))
-    check("container_duration", round(d_src, 4), round(d_out, 4), abs(d_src - d_out) <= frame)
-    check("streams", _layout(src["streams"]), _layout(out["streams"]))
-    for kind in ("audio", "subtitle"):
-        hashes = [
-            stream_hashes(p, kind[0]) if any(s["codec_type"] == kind for s in d["streams"]) else []
-            for p, d in ((info.path, src), (output, out))
-        ]
-        check(f"{kind}_sha256", hashes[0], hashes[1])
-    check("chapters", len(src.get("chapters", [])), len(out.get("chapters", [])))
-    failed = [f"{k}: expected {c['expected']}, got {c['actual']}" for k, c in checks.items() if not c["ok"]]
-    if failed:
-        raise VerifyError(f"{output} does not match its source: " + "; ".join(failed))
-    return checks

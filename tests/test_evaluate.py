@@ -19,7 +19,8 @@ from PIL import Image
 from flows.cli import main as cli_main
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from stages.evaluate import EvaluateError, packed_pairs, run
+from stages.eval_sets import EvaluateError, packed_pairs
+from stages.evaluate import run
 from stages.imaging import downscale, modcrop
 from stages.params import EvaluateParams
 from stages.tracking import MlflowTracker, NullTracker

@@ -13,7 +13,8 @@ from PIL import Image
 from flows.cli import main as cli
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from stages.upscale import Picture, plan, read_picture, upscale_picture, write_png16
+from stages.pictures import Picture, read_picture, write_png16
+from stages.upscale import plan, upscale_picture
 
 torch.set_num_threads(2)
 RNG = np.random.default_rng(0)

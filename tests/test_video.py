@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from stages import media, video
+from stages.verify import verify
 
 FF = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
 SD601 = ["-colorspace", "smpte170m", "-color_primaries", "smpte170m", "-color_trc", "smpte170m"]
@@ -167,7 +168,7 @@ def remastered(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_reassembly_keeps_every_stream_byte_for_byte(sources: Path, remastered: Path) -> None:
     info = media.probe(sources / "episode.mkv")
-    checks = video.verify(info, remastered, 2)
+    checks = verify(info, remastered, 2)
     assert all(c["ok"] for c in checks.values())
     assert len(checks["audio_sha256"]["actual"]) == 2 and len(checks["subtitle_sha256"]["actual"]) == 1
     out = ffprobe(remastered)
@@ -191,15 +192,15 @@ def test_verify_catches_a_missing_frame(sources: Path, remastered: Path, tmp_pat
     short = tmp_path / "short.mkv"
     ffmpeg("-i", remastered, "-map", "0", "-c", "copy", "-frames:v", "47", short)
     with pytest.raises(video.VerifyError, match="frames: expected 48, got 47"):
-        video.verify(media.probe(sources / "episode.mkv"), short, 2)
+        verify(media.probe(sources / "episode.mkv"), short, 2)
     with pytest.raises(video.VerifyError, match=r"size: expected \[384, 288\], got \[192, 144\]"):
-        video.verify(media.probe(sources / "episode.mkv"), remastered, 4)
+        verify(media.probe(sources / "episode.mkv"), remastered, 4)
 
 
 def test_vfr_and_interlaced_sources_keep_their_timing(sources: Path, tmp_path: Path) -> None:
     for name in ("vfr.mp4", "tff.mp4"):
         out = remaster(sources / name, tmp_path / name, seconds=0, suffix=".mp4")
-        checks = video.verify(media.probe(sources / name), out, 2)
+        checks = verify(media.probe(sources / name), out, 2)
         assert checks["max_drift"]["ok"] and checks["frames"]["actual"] == media.probe(sources / name).frames
 
 
@@ -230,7 +231,7 @@ def test_odd_sized_sources(tmp_path: Path) -> None:
     src = tmp_path / "odd.mkv"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=s=96x72:r=24:d=0.25", "-vf", "scale=95:71", "-c:v", "ffv1", src)
     out = remaster(src, tmp_path / "work")
-    assert video.verify(media.probe(src), out, 2)["size"]["actual"] == [190, 142]
+    assert verify(media.probe(src), out, 2)["size"]["actual"] == [190, 142]
 
 
 def test_bad_inputs_fail_clearly(sources: Path, tmp_path: Path) -> None:
