@@ -191,12 +191,13 @@ def build(w: int, h: int, s: int, tile: int | str | None, precision: str, work: 
     torch.manual_seed(0)
     model = A2N(cfg).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     side = auto_tile(cfg, cpu) if tile is None else tile
-    up = Upscaler(model, cfg, cpu, precision, side if isinstance(side, int) else 0)
     if side == "onnx":
         from stages.export import OnnxModel, export_onnx
 
         export_onnx(model, work / f"a2n_x{s}.onnx")
         up = Upscaler(OnnxModel(work / f"a2n_x{s}.onnx", cpu), cfg, cpu, "fp32", 0, backend="onnx")
+    else:
+        up = Upscaler(model, cfg, cpu, precision, int(side))
     frame = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
     up.upscale_frames(frame[:, :64, :64])  # oneDNN builds its kernels
     label = {0: "whole", "onnx": "ONNX Runtime, whole"}.get(side, side)

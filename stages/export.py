@@ -125,8 +125,10 @@ def load_onnx_upscaler(
     precision: str,
     tile: int | None,
     overlap: int,
+    cuda_graphs: bool = False,
 ) -> Upscaler:
-    """The ``Upscaler`` for ``--backend onnx``; a checkpoint is exported to a temporary file first."""
+    """The ``Upscaler`` for ``--backend onnx``; a checkpoint is exported to a temporary file first.
+    ``cuda_graphs`` is passed on, for ``Upscaler`` to refuse (they need the torch backend)."""
     info: dict[str, Any] = {"source": "onnx", "path": str(path)}
     if path.suffix == ".onnx":
         runner = OnnxModel(path, device)
@@ -143,7 +145,17 @@ def load_onnx_upscaler(
         log.warning("the onnx backend runs in fp32; ignoring --precision %s", precision)
     if tile:
         log.warning("onnx backend: %d px tiles are feathered, not exact (see stages/export.py)", tile)
-    return cls(runner, runner.config, device, "fp32", tile or 0, overlap, info, backend="onnx")
+    return cls(
+        runner,
+        runner.config,
+        device,
+        "fp32",
+        tile or 0,
+        overlap,
+        info,
+        backend="onnx",
+        cuda_graphs=cuda_graphs,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

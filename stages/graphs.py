@@ -32,9 +32,9 @@ WARMUP = 2  # eager runs on the capture stream first: cuDNN's autotuning and laz
 
 @dataclass
 class _Captured:
-    graph: torch.cuda.CUDAGraph | None  # None: the shape cannot be captured and runs eagerly
-    inp: torch.Tensor | None = None
-    out: torch.Tensor | None = None
+    graph: torch.cuda.CUDAGraph
+    inp: torch.Tensor  # the static input the graph reads
+    out: torch.Tensor  # the static output it writes
 
 
 class GraphedForward:
@@ -52,32 +52,29 @@ class GraphedForward:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         self.device, self.keep = device, keep
-        self._graphs: OrderedDict[Hashable, _Captured] = OrderedDict()
+        self._graphs: OrderedDict[Hashable, _Captured | None] = OrderedDict()  # None: runs eagerly
         self._lock = threading.Lock()
-        self._stream: torch.cuda.Stream | None = None
-        self.captures = 0  # graphs captured so far (a test and the benchmark read it)
+        self._stream = torch.cuda.Stream(device)  # warm-up and capture run on it
+        self.captures = 0  # graphs captured so far
 
     def __call__(self, fn: Forward, x: torch.Tensor, key: Hashable = None) -> torch.Tensor:
         """``fn(x)``, from the graph captured for ``x``'s layout and ``key`` (captured on first use)."""
         ident = (tuple(x.shape), x.stride(), x.dtype, key)
         with self._lock:
-            cap = self._graphs.get(ident)
-            if cap is None:
-                cap = self._capture(fn, x)
-                self._graphs[ident] = cap
+            if ident in self._graphs:
+                self._graphs.move_to_end(ident)
+                cap = self._graphs[ident]
+            else:
+                cap = self._graphs[ident] = self._capture(fn, x)
                 while len(self._graphs) > self.keep:
                     self._graphs.popitem(last=False)  # frees that graph's memory pool
-            else:
-                self._graphs.move_to_end(ident)
-            if cap.graph is None or cap.inp is None or cap.out is None:
+            if cap is None:
                 return fn(x)
             cap.inp.copy_(x)
             cap.graph.replay()
             return cap.out.clone()
 
-    def _capture(self, fn: Forward, x: torch.Tensor) -> _Captured:
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(self.device)
+    def _capture(self, fn: Forward, x: torch.Tensor) -> _Captured | None:
         stream, current = self._stream, torch.cuda.current_stream(self.device)
         inp = torch.empty_like(x)
         inp.copy_(x)
@@ -95,7 +92,7 @@ class GraphedForward:
         except RuntimeError as e:  # an op that cannot be captured: this shape runs eagerly
             torch.cuda.synchronize(self.device)
             log.warning("cannot capture a CUDA graph for input %s; it runs eagerly (%s)", tuple(x.shape), e)
-            return _Captured(None)
+            return None
         self.captures += 1
         log.info("captured a CUDA graph for input %s", tuple(x.shape))
         return _Captured(graph, inp, out)

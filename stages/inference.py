@@ -155,11 +155,9 @@ class Upscaler:
             torch.set_num_threads(cpu_cores())
         path = resolve_model_path(spec, scale)
         if backend == "onnx" or (backend == "auto" and path.suffix == ".onnx"):
-            if cuda_graphs:
-                raise ValueError("CUDA graphs need the torch backend, not ONNX Runtime")
             from stages.export import load_onnx_upscaler
 
-            return load_onnx_upscaler(cls, path, scale, dev, precision, tile, overlap)
+            return load_onnx_upscaler(cls, path, scale, dev, precision, tile, overlap, cuda_graphs)
         model, config, info = load_model(path, scale=scale if path.suffix != ".safetensors" else None)
         if config.scale != scale:
             raise ValueError(f"{path} is an x{config.scale} model, not x{scale}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,6 @@ def test_cuda_graphs_need_the_torch_backend(tmp_path: Path) -> None:
 
 
 def test_video_flag_sets_cuda_graphs_and_its_absence_keeps_params() -> None:
-    import argparse
-
     parser = argparse.ArgumentParser()
     add_settings(parser)
     base = RemasterParams(cuda_graphs=True)
