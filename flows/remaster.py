@@ -97,7 +97,7 @@ def remaster_episode(
     with trk.start_run(EXPERIMENT, f"{src.stem}-x{p.scale}"):
         with timed(seconds, "probe"):
             info = probe_task(src)
-            model_path = resolve_model_path(p.model or None, p.scale)
+            model_path = resolve_model_path(p.model or None, p.scale, default="video")
             model: dict[str, Any] = {"path": str(model_path), "sha256": sha256_file(model_path)}
             enc = video.Encode(p.codec, p.crf, p.preset, video.resolve_pix_fmt(p.pix_fmt, info))
             deinterlace = p.deinterlace == "on" or (p.deinterlace == "auto" and info.interlaced)
@@ -216,7 +216,9 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     """The remaster settings as flags; each one left out keeps params.yaml's ``remaster`` value."""
     parser.add_argument("--scale", type=int, choices=CHOICES["scale"])
     parser.add_argument(
-        "--model", help="a checkpoint, .safetensors or models:/name@alias (default: shipped weights)"
+        "--model",
+        help="video or clean (the shipped weights for compressed video or for clean images), "
+        "a checkpoint, .safetensors or models:/name@alias (default: remaster.model, else video)",
     )
     parser.add_argument("--codec", choices=CHOICES["codec"])
     parser.add_argument("--crf", type=int)

@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -57,9 +58,19 @@ def prepare(args: argparse.Namespace) -> tuple[Params, Tracker]:
     """Logging, quiet telemetry, params with overrides, and the tracker the params ask for."""
     setup_logging(args.verbose)
     quiet_environment()
-    params = load_params(args.params, args.overrides)
+    params = load_params_or_exit(args.params, args.overrides)
     tracker = make_tracker(params.tracking.enabled and not args.no_track)
     return params, tracker
+
+
+def load_params_or_exit(path: str | Path, overrides: list[str]) -> Params:
+    """``load_params``; a bad value ends the command with its message and exit status 2."""
+    try:
+        return load_params(path, overrides)
+    except ValueError as e:
+        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "remaster"
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def progress_enabled(flag: bool | None = None) -> bool:

@@ -25,15 +25,24 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
 
 
+def lr_key(scale: int, kind: str = "bicubic") -> str:
+    """The dataset that holds the LR of ``kind`` (bicubic or realistic) at ``scale``."""
+    return f"lr_x{scale}" + ("_real" if kind == "realistic" else "")
+
+
 class _Packed:
-    def __init__(self, path: str | Path, scale: int) -> None:
+    def __init__(self, path: str | Path, scale: int, kind: str = "bicubic") -> None:
         self.path = Path(path)
         self.scale = scale
+        self.key = lr_key(scale, kind)
         self._file: h5py.File | None = None
         with h5py.File(self.path, "r") as f:
-            key = f"lr_x{scale}"
-            if key not in f:
-                raise ValueError(f"{self.path} has no {key}; packed scales: {list(f.attrs['scales'])}")
+            if f"lr_x{scale}" not in f:
+                raise ValueError(f"{self.path} has no lr_x{scale}; packed scales: {list(f.attrs['scales'])}")
+            if self.key not in f:
+                raise ValueError(
+                    f"{self.path} has no realistic LR ({self.key}): pack it with pack.degradation: realistic"
+                )
             self.n = int(f["hr"].shape[0])
             self.tile = int(f["hr"].shape[1])
             self.attrs: dict[str, Any] = dict(f.attrs)
@@ -48,13 +57,18 @@ class _Packed:
         state["_file"] = None  # h5py handles must not cross a fork
         return state
 
-    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, i: int, clean: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Tile ``i``'s (LR, HR); ``clean`` reads the bicubic LR whatever the kind."""
         f = self._open()
-        return f[f"lr_x{self.scale}"][i], f["hr"][i]
+        return f[f"lr_x{self.scale}" if clean else self.key][i], f["hr"][i]
 
 
 class PairDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Random aligned LR/HR crops with flips and 90-degree rotations, deterministic per sample."""
+    """Random aligned LR/HR crops with flips and 90-degree rotations, deterministic per sample.
+
+    With ``kind="realistic"`` a sample takes the degraded LR, or the clean one with probability
+    ``clean_fraction``: the clean share keeps what the network knows of clean drawing.
+    """
 
     def __init__(
         self,
@@ -64,10 +78,13 @@ class PairDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         augment: bool = True,
         seed: int = 0,
         length: int = 1 << 40,
+        kind: str = "bicubic",
+        clean_fraction: float = 0.0,
     ) -> None:
         if hr_crop % scale:
             raise ValueError(f"hr_crop {hr_crop} is not divisible by the scale {scale}")
-        self.packed = _Packed(path, scale)
+        self.packed = _Packed(path, scale, kind)
+        self.kind, self.clean_fraction = kind, clean_fraction
         if self.packed.n == 0:
             raise ValueError(f"{path} holds no tiles")
         if hr_crop > self.packed.tile:
@@ -80,7 +97,12 @@ class PairDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, k])
-        lr_tile, hr_tile = self.packed.read(int(rng.integers(self.packed.n)))
+        i = int(rng.integers(self.packed.n))
+        # drawn last, and only for realistic runs: a bicubic run sees what it always saw
+        clean = self.kind == "realistic" and bool(
+            np.random.default_rng([self.seed, k, 1]).random() < self.clean_fraction
+        )
+        lr_tile, hr_tile = self.packed.read(i, clean=clean)
         s, lc = self.scale, self.hr_crop // self.scale
         y = int(rng.integers(lr_tile.shape[0] - lc + 1))
         x = int(rng.integers(lr_tile.shape[1] - lc + 1))
@@ -100,8 +122,8 @@ class PairDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 class TileDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Whole LR/HR tiles in order, for validation."""
 
-    def __init__(self, path: str | Path, scale: int) -> None:
-        self.packed = _Packed(path, scale)
+    def __init__(self, path: str | Path, scale: int, kind: str = "bicubic") -> None:
+        self.packed = _Packed(path, scale, kind)
 
     def __len__(self) -> int:
         return self.packed.n

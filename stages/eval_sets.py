@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import h5py
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from stages.degradations import Degradation, degrade
 from stages.fsutil import display_path
 from stages.imaging import downscale, modcrop, to_rgb8
 from stages.ingest import EXTENSIONS
@@ -81,8 +83,15 @@ def folder_images(folder: Path, skipped: list[dict[str, str]]) -> Iterator[tuple
             skipped.append({"name": display_path(rel), "reason": str(e)})
 
 
+def make_lr(hr: np.ndarray, scale: int, name: str, degradation: Degradation | None) -> np.ndarray:
+    """The LR of ``hr``: the pack downsampler, or ``degradation`` (its noise seeded by the name)."""
+    if degradation is None or degradation.is_clean:
+        return downscale(hr, scale)
+    return degrade(hr, scale, degradation, seed=zlib.crc32(name.encode()))
+
+
 def hr_folder_pairs(
-    folder: Path, scale: int, skipped: list[dict[str, str]]
+    folder: Path, scale: int, skipped: list[dict[str, str]], degradation: Degradation | None = None
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(name, HR cropped to a multiple of ``scale``, LR) for every scoreable image in ``folder``."""
     smallest = 2 * scale + 11  # SSIM's 11x11 window must fit inside the border crop
@@ -92,14 +101,19 @@ def hr_folder_pairs(
             h, w = img.shape[:2]
             skipped.append({"name": name, "reason": f"too_small: {w}x{h}, needs {smallest} px a side"})
             continue
-        yield name, hr, downscale(hr, scale)
+        yield name, hr, make_lr(hr, scale, name, degradation)
 
 
-def packed_pairs(path: Path, scale: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, HR, LR) for each tile of a packed file; LR from ``lr_x{scale}`` where it is stored."""
+def packed_pairs(
+    path: Path, scale: int, degradation: Degradation | None = None
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, HR, LR) for each tile of a packed file; LR from ``lr_x{scale}`` where it is stored,
+    or made from the HR with ``degradation``."""
     with h5py.File(path, "r") as f:
         hr_ds, lr_ds = f["hr"], f.get(f"lr_x{scale}")
-        if lr_ds is None:
+        if degradation is not None and not degradation.is_clean:
+            lr_ds = None
+        if lr_ds is None and degradation is None:
             log.info("%s has no lr_x%d: making LR with the pack downsampler", path, scale)
         names, xy = f.get("image"), f.get("xy")
         for i in range(hr_ds.shape[0]):
@@ -108,5 +122,5 @@ def packed_pairs(path: Path, scale: int) -> Iterator[tuple[str, np.ndarray, np.n
                 digest = names[i].decode() if isinstance(names[i], bytes) else str(names[i])
                 name = f"{digest[:10]}@{int(xy[i][0])},{int(xy[i][1])}"
             hr = hr_ds[i] if lr_ds is not None else modcrop(hr_ds[i], scale)
-            lr = lr_ds[i] if lr_ds is not None else downscale(hr, scale)
+            lr = lr_ds[i] if lr_ds is not None else make_lr(hr, scale, name, degradation)
             yield name, hr, lr

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from stages import report
 from stages.common import prepare, progress_enabled, stage_parser
+from stages.degradations import DegradationError, parse_spec
 from stages.eval_sets import EvaluateError, folder_images, hr_folder_pairs, list_files, packed_pairs
 from stages.fsutil import atomic_path, sha256_file, write_json, write_text
 from stages.inference import Upscaler, bicubic_upscale
@@ -38,7 +39,8 @@ from stages.tracking import MlflowTracker, Registry, Tracker
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "evaluation"
-METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "bicubic_psnr_y", "bicubic_ssim_y", "bicubic_psnr_rgb")
+METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "bicubic_psnr_y", "bicubic_ssim_y", "bicubic_psnr_rgb",
+               "lanczos_psnr_y", "lanczos_ssim_y")  # fmt: skip
 NUMBERS = (*METRIC_KEYS, "gain_psnr_y", "n_images", "n_skipped")  # per set, in metrics/eval.json
 CHAMPION_METRIC = "eval_val_psnr_y"  # logged on the training run; decides the champion alias
 DEFAULT_CHECKPOINT = "runs/train/best.pt"
@@ -76,11 +78,16 @@ def score_set(
     for img_name, hr, lr in tqdm(pairs, desc=name, unit="image", disable=not progress):
         sr = up.upscale_image(lr)  # (H, W, 3) uint8
         bic = bicubic_upscale(lr, s)
+        lanczos = np.asarray(
+            Image.fromarray(lr).resize((lr.shape[1] * s, lr.shape[0] * s), Image.Resampling.LANCZOS)
+        )
         row: dict[str, Any] = {"name": img_name}
         for prefix, out in (("", sr), ("bicubic_", bic)):
             row[f"{prefix}psnr_y"] = psnr_y(out, hr, s)
             row[f"{prefix}ssim_y"] = ssim_y(out, hr, s)
             row[f"{prefix}psnr_rgb"] = psnr_rgb(out, hr, s)
+        row["lanczos_psnr_y"] = psnr_y(lanczos, hr, s)
+        row["lanczos_ssim_y"] = ssim_y(lanczos, hr, s)
         row["gain_psnr_y"] = row["psnr_y"] - row["bicubic_psnr_y"]
         rows.append(row)
         if len(rows) <= params.report_images:
@@ -131,19 +138,20 @@ def run(
         raise EvaluateError(f"{val_h5} does not exist")
     for d in hr_dirs:
         list_files(Path(d))  # an empty folder fails before the model loads
+    degradation = parse_spec(params.degrade) if params.degrade else None
     up = load_upscaler(params, model, scale)
     show = progress_enabled(progress)
     results: list[dict[str, Any]] = []
     sections: list[report.Section] = []
     sources: list[tuple[str, Iterator[tuple[str, np.ndarray, np.ndarray]], list[dict[str, str]]]] = []
     if val_h5 is not None:
-        sources.append(("val", packed_pairs(Path(val_h5), scale), []))
+        sources.append(("val", packed_pairs(Path(val_h5), scale, degradation), []))
     taken = {"val"}
     for d in hr_dirs:
         skipped: list[dict[str, str]] = []
         name = set_name(Path(d), taken)
         taken.add(name)
-        sources.append((name, hr_folder_pairs(Path(d), scale, skipped), skipped))
+        sources.append((name, hr_folder_pairs(Path(d), scale, skipped, degradation), skipped))
     for name, pairs, skipped in sources:
         result, section = score_set(name, pairs, up, params, skipped, show)
         results.append(result)
@@ -151,15 +159,18 @@ def run(
         log.info("%s: A2N %.3f dB / %.4f, bicubic %.3f dB / %.4f over %d images", name,
                  result["psnr_y"], result["ssim_y"], result["bicubic_psnr_y"],
                  result["bicubic_ssim_y"], result["n_images"])  # fmt: skip
-    metrics = {**results[0], "model": model_info(up, model)}
+    lr_spec = degradation.spec if degradation is not None else "bicubic"
+    metrics = {**results[0], "model": model_info(up, model), "degradation": lr_spec}
     if len(results) > 1:
         metrics["sets"] = {r["name"]: r for r in results}
     write_json(out_dir / "metrics.json", metrics)
+    lr_text = f"{lr_spec} (HR downscaled x{scale}, then degraded)" if degradation else "bicubic (clean)"
     facts = {"model": str(metrics["model"]["spec"]), "scale": f"x{scale}", "precision": up.precision}
+    facts["LR"] = lr_text
     write_text(out_dir / "report.html", report.render(f"A2N x{scale} against bicubic", facts, sections))
     compact = {r["name"]: {k: v for k, v in r.items() if k in NUMBERS} for r in results}
     if metrics_path is not None:
-        write_json(metrics_path, {"scale": scale, **compact})
+        write_json(metrics_path, {"scale": scale, "degradation": lr_spec, **compact})
     flat = {f"eval_{n}_{k}": float(v) for n, m in compact.items() for k, v in m.items()}
     if tracker is not None:
         metrics["tracking"] = track(tracker, params, scale, metrics["model"], flat, out_dir)
@@ -252,11 +263,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{DEFAULT_CHECKPOINT} without --hr/--lr, else the shipped weights)")  # fmt: skip
     add("--out", type=Path, default=Path("reports/eval"), help="default: %(default)s")
     add("--metrics", type=Path, help="also write the means per set here, for dvc metrics")
+    add("--degrade", metavar="SPEC", help="score on LR degraded like a real episode, e.g. x264:crf=23, "
+        "mpeg2:q=8, jpeg:q=70, chroma; add ,kernel=area|bilinear|lanczos ,blur=SIGMA ,noise=SIGMA "
+        "(default: evaluate.degrade, else clean bicubic)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.hr and args.lr:
         parser.error("--hr and --lr go to separate runs")
+    if args.degrade is not None:
+        try:
+            parse_spec(args.degrade)
+        except DegradationError as e:
+            parser.error(f"--degrade: {e}")
+        args.overrides.append(f"evaluate.degrade={args.degrade}")
     params, tracker = prepare(args)
     p = params.evaluate
+    if p.degrade:
+        try:
+            parse_spec(p.degrade)
+        except DegradationError as e:
+            parser.error(f"evaluate.degrade: {e}")
     scale = args.scale or params.train.scale
     stage = not args.hr and not args.lr
     model = args.model or p.model or (DEFAULT_CHECKPOINT if stage else None)

@@ -37,17 +37,25 @@ BACKENDS = ("auto", "torch", "onnx")
 CPU_TILE = 288  # 2-core Xeon, lanes, 576x432 x2: 8% faster than 192 px tiles, 18-32% than whole frames
 
 
-def default_weights(scale: int) -> Path:
-    """The shipped anime weights for ``scale``."""
-    return WEIGHTS_DIR / f"a2n_anime_x{scale}.safetensors"
+# The shipped weights by name: ``clean`` learned from clean bicubic LR (images, the paper's
+# setting); ``video`` from LR degraded like a real episode (codecs, blur, noise; see
+# stages.degradations), the default of ``remaster video``.
+SHIPPED = {"clean": "a2n_anime_x{scale}.safetensors", "video": "a2n_anime_video_x{scale}.safetensors"}
 
 
-def resolve_model_path(spec: str | None, scale: int) -> Path:
-    """A file path for ``spec``: None (the shipped weights), a path, or ``models:/name@alias``."""
-    if not spec:
-        path = default_weights(scale)
+def default_weights(scale: int, name: str = "clean") -> Path:
+    """The shipped anime weights ``name`` (clean or video) for ``scale``."""
+    return WEIGHTS_DIR / SHIPPED[name].format(scale=scale)
+
+
+def resolve_model_path(spec: str | None, scale: int, default: str = "clean") -> Path:
+    """A file path for ``spec``: a shipped name (``clean``, ``video``; None = ``default``), a path,
+    or ``models:/name@alias``."""
+    spec = spec or default
+    if spec in SHIPPED:
+        path = default_weights(scale, spec)
         if not path.exists():
-            raise FileNotFoundError(f"no shipped weights for x{scale} at {path}; pass --model PATH")
+            raise FileNotFoundError(f"no shipped {spec} weights for x{scale} at {path}; pass --model PATH")
         return path
     if spec.startswith("models:/"):
         import mlflow

@@ -15,6 +15,21 @@ import yaml
 T = TypeVar("T")
 
 
+LR_KINDS = ("bicubic", "realistic")
+# What a degradation chain (stages.degradations) may hold; checked here when params load.
+KERNELS = ("bicubic", "area", "bilinear", "lanczos")
+CODECS = ("none", "chroma", "x264", "mpeg2", "jpeg")
+QUALITY_RANGE = {"x264": (0, 51), "mpeg2": (1, 31), "jpeg": (1, 100)}  # CRF, -qscale:v, quality
+RANGE_KEYS = {"x264": "x264_crf", "mpeg2": "mpeg2_q", "jpeg": "jpeg_quality"}  # RealisticParams' ranges
+BLUR_MAX = 5.0  # Gaussian sigma, HR pixels
+NOISE_MAX = 50.0  # Gaussian sigma, grey levels  # the clean LR of the paper, or LR like a real old episode
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
 @dataclass(frozen=True)
 class DemoParams:
     n_images: int = 8
@@ -44,8 +59,61 @@ class TileParams:
 
 
 @dataclass(frozen=True)
+class RealisticParams:
+    """How ``pack.degradation: realistic`` draws each tile's chain (``stages.degradations``).
+
+    Ranges are [low, high], drawn uniformly. The codec and its quality are drawn once per image
+    and scale (all of an image's tiles go through one encode); the kernel, blur and noise per tile.
+    """
+
+    seed: int = 0
+    kernels: tuple[str, ...] = ("bicubic", "area", "bilinear", "lanczos")
+    blur_prob: float = 0.4  # share of tiles blurred before the downscale
+    blur: tuple[float, ...] = (0.3, 1.2)  # Gaussian sigma, HR pixels
+    noise_prob: float = 0.3  # share of tiles with noise
+    noise: tuple[float, ...] = (0.5, 3.0)  # Gaussian sigma, grey levels
+    codecs: tuple[str, ...] = ("x264", "mpeg2", "jpeg")  # drawn uniformly per image
+    x264_crf: tuple[int, ...] = (18, 30)
+    mpeg2_q: tuple[int, ...] = (2, 10)  # -qscale:v; DVDs sit around 3 to 8
+    jpeg_quality: tuple[int, ...] = (50, 95)
+
+    def __post_init__(self) -> None:
+        check_realistic(self, "pack.realistic")
+
+
+def check_realistic(p: RealisticParams, where: str) -> None:
+    """Every key in range, or a ``ValueError`` that names the key and what it allows."""
+
+    def subset(key: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+        bad = [v for v in values if v not in allowed]
+        if not values or bad:
+            raise ValueError(
+                f"{where}.{key}: {list(values)} must be a non-empty list of {', '.join(allowed)}"
+            )
+
+    def span(key: str, values: tuple[float, ...], lo: float, hi: float) -> None:
+        if len(values) != 2 or not lo <= values[0] <= values[1] <= hi:
+            raise ValueError(f"{where}.{key}: {list(values)} must be [low, high] within {lo:g}..{hi:g}")
+
+    subset("kernels", p.kernels, KERNELS)
+    subset("codecs", p.codecs, CODECS)
+    for key in ("blur_prob", "noise_prob"):
+        if not 0.0 <= getattr(p, key) <= 1.0:
+            raise ValueError(f"{where}.{key}: {getattr(p, key)} is outside 0..1")
+    span("blur", p.blur, 0.0, BLUR_MAX)
+    span("noise", p.noise, 0.0, NOISE_MAX)
+    for codec, key in RANGE_KEYS.items():
+        span(key, getattr(p, key), *QUALITY_RANGE[codec])
+
+
+@dataclass(frozen=True)
 class PackParams:
     scales: tuple[int, ...] = (2, 4)
+    degradation: str = "bicubic"  # bicubic (the paper's clean LR only) or realistic (also lr_x{s}_real)
+    realistic: RealisticParams = field(default_factory=RealisticParams)
+
+    def __post_init__(self) -> None:
+        _check_choice("pack.degradation", self.degradation, LR_KINDS)
 
 
 @dataclass(frozen=True)
@@ -71,7 +139,14 @@ class TrainParams:
     seed: int = 0
     workers: int = 0
     init: str = ""
+    degradation: str = "bicubic"  # which LR to learn from: bicubic, or realistic (needs a realistic pack)
+    clean_fraction: float = 0.3  # with realistic: share of samples that take the clean LR instead
     model: ModelParams = field(default_factory=ModelParams)
+
+    def __post_init__(self) -> None:
+        _check_choice("train.degradation", self.degradation, LR_KINDS)
+        if not 0.0 <= self.clean_fraction <= 1.0:
+            raise ValueError(f"train.clean_fraction: {self.clean_fraction} is outside 0..1")
 
 
 @dataclass(frozen=True)
@@ -82,6 +157,7 @@ class EvaluateParams:
     tile: int = 0  # LR tile side for inference; 0 = sized to the device's memory
     report_crops: int = 1  # side-by-side crops per image in the report
     report_images: int = 16  # images per set that get side-by-side crops (the first ones)
+    degrade: str = ""  # LR made with this chain (e.g. x264:crf=23); "" = the clean pack downsampler
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,7 @@ _COLUMNS = (
     ("psnr_y", "A2N Y-PSNR", 3),
     ("bicubic_psnr_y", "bicubic Y-PSNR", 3),
     ("gain_psnr_y", "gain (dB)", 3),
+    ("lanczos_psnr_y", "lanczos Y-PSNR", 3),
     ("ssim_y", "A2N SSIM", 4),
     ("bicubic_ssim_y", "bicubic SSIM", 4),
     ("psnr_rgb", "A2N RGB PSNR", 3),

@@ -35,10 +35,10 @@ from models.a2n import A2N, A2NConfig
 from models.checkpoint import capture_rng_state, load_model, restore_rng_state, save_checkpoint
 from stages import train_report
 from stages import train_utils as tu
-from stages.common import progress_enabled
+from stages.common import load_params_or_exit, progress_enabled
 from stages.dataset import PairDataset, StepSampler, TileDataset
 from stages.fsutil import write_json
-from stages.params import TrainParams, as_dict, flatten, load_params
+from stages.params import TrainParams, as_dict, flatten
 from stages.tracking import NullTracker, Tracker, make_tracker
 from stages.train_utils import History
 
@@ -102,7 +102,7 @@ def _train(
         if p.init:
             log.info("initialised from %s: %s", p.init, tu.init_from(model, p.init))
     resumed_from = hist.step if ckpt is not None else None
-    val_tiles = TileDataset(val_h5, p.scale)
+    val_tiles = TileDataset(val_h5, p.scale, p.degradation)
 
     def write_outputs() -> dict[str, Any]:
         summary = hist.summary(samples_per_step)
@@ -136,7 +136,15 @@ def _train(
         )
     sampler = StepSampler(hist.step, p.iterations, p.batch_size, rt.rank, rt.world)
     loader = DataLoader(
-        PairDataset(train_h5, p.scale, p.hr_crop, augment=True, seed=p.seed),
+        PairDataset(
+            train_h5,
+            p.scale,
+            p.hr_crop,
+            augment=True,
+            seed=p.seed,
+            kind=p.degradation,
+            clean_fraction=p.clean_fraction,
+        ),
         batch_size=p.batch_size,
         sampler=sampler,
         num_workers=p.workers,
@@ -274,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, only rank 0 talks and tracks
     level = logging.INFO if main_rank else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params, args.set)
+    params = load_params_or_exit(args.params, args.set)
     tp = params.train if args.init is None else dataclasses.replace(params.train, init=args.init)
     tracker = make_tracker(not args.no_track and params.tracking.enabled and main_rank)
     run(tp, args.train, args.val, args.out, tracker, metrics_path=args.metrics, plots_dir=args.plots)

@@ -136,6 +136,8 @@ def data_hash(path: Path) -> str:
 def hparams(p: TrainParams, world: int) -> dict[str, Any]:
     """What must match for a last.pt to resume (cosine's horizon is `iterations` itself)."""
     hp = {k: v for k, v in as_dict(p).items() if k not in _NOT_HPARAMS}
+    if p.degradation == "bicubic":  # a clean run's hparams stay what they were before realistic LR
+        del hp["degradation"], hp["clean_fraction"]
     if p.schedule == "cosine":
         hp["iterations"] = p.iterations
     hp["world_size"] = world

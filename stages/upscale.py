@@ -168,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    p.add_argument("--model", help="checkpoint, .safetensors, .onnx or models:/name@alias (default: shipped)")
+    p.add_argument(
+        "--model",
+        help="clean or video (the shipped weights for clean images or for compressed "
+        "frames), a checkpoint, .safetensors, .onnx or models:/name@alias (default: clean)",
+    )
     p.add_argument("--format", choices=tuple(FORMATS), default="png")
     p.add_argument("--quality", type=int, default=95, help="jpg/webp quality; webp 100 = lossless")
     p.add_argument("--alpha", choices=ALPHA_MODES, default="model", help="how alpha is upscaled")

@@ -279,3 +279,31 @@ def test_champion_alias_follows_val_psnr(shared: Path, tmp_path: Path) -> None:
     m5 = run(EvaluateParams(), 2, tmp_path / "e", NullTracker(), model=str(noisy), val_h5=val)
     assert m5["tracking"] == {"evaluation_run_id": None}
     assert len(client.search_runs([exp.experiment_id])) == runs_before and champion() == "3"
+
+
+def test_degrade_scores_on_degraded_lr_and_says_so(tmp_path: Path) -> None:
+    hr_dir = tmp_path / "hr"
+    hr_dir.mkdir()
+    for i in range(2):
+        Image.fromarray(_picture(96, 128, seed=i)).save(hr_dir / f"p{i}.png")
+    model = str(_tiny(tmp_path / "tiny.pt", 2, bilinear=True))
+    scores = {}
+    for spec in ("", "x264:crf=35", "mpeg2:q=12"):
+        out = tmp_path / (spec.replace(":", "_") or "clean")
+        params = EvaluateParams(degrade=spec, report_images=0)
+        scores[spec] = run(params, 2, out, NullTracker(), model=model, hr_dirs=[hr_dir])
+        html = (out / "report.html").read_text()
+        assert (spec or "bicubic (clean)") in html
+        assert json.loads((out / "metrics.json").read_text())["degradation"] == (spec or "bicubic")
+    clean = scores[""]
+    assert {"lanczos_psnr_y", "lanczos_ssim_y"} <= set(clean)
+    for spec in ("x264:crf=35", "mpeg2:q=12"):
+        # the same HR and model; only the LR changed, and every upscaler lost to it
+        assert scores[spec]["bicubic_psnr_y"] < clean["bicubic_psnr_y"] - 0.5, spec
+        assert scores[spec]["psnr_y"] < clean["psnr_y"] - 0.5, spec
+        assert scores[spec]["lanczos_psnr_y"] < clean["lanczos_psnr_y"] - 0.5, spec
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(
+            ["evaluate", "--hr", str(hr_dir), "--scale", "2", "-S", "evaluate.degrade=vhs", "--no-track"]
+        )
+    assert exit_info.value.code == 2
