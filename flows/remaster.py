@@ -34,6 +34,7 @@ from stages.common import prepare, stage_parser
 from stages.fsutil import sha256_file, write_json
 from stages.inference import Upscaler, bicubic_upscale, resolve_model_path
 from stages.params import RemasterParams, flatten
+from stages.reuse import REUSE_MODES, ReuseRule
 from stages.tracking import NullTracker, Tracker
 from stages.verify import verify
 
@@ -45,6 +46,7 @@ CHOICES = {
     "pix_fmt": ("auto", "yuv420p", "yuv420p10le"),
     "deinterlace": ("auto", "on", "off"),
     "runner": RUNNERS,
+    "reuse": REUSE_MODES,
 }
 
 
@@ -53,6 +55,7 @@ def check_job(p: RemasterParams, output: Path, overwrite: bool) -> None:
     for name, allowed in CHOICES.items():
         if getattr(p, name) not in allowed:
             raise ValueError(f"remaster.{name} must be one of {allowed}, got {getattr(p, name)!r}")
+    ReuseRule(p.reuse, p.reuse_tolerance)  # a ValueError on a bad mode or tolerance
     if output.suffix.lower() not in CONTAINERS:
         raise ValueError(
             f"{output}: the output must end in one of {', '.join(CONTAINERS)} (.mkv holds anything)"
@@ -123,7 +126,7 @@ def remaster_episode(
             model.update({k: (up.info or {}).get(k) for k in ("source", "step")})
             with timed(seconds, "upscale"):
                 frames_dir = Path(keep_frames).resolve() if keep_frames else None
-                dsts, reused, upscaled = upscale_all(
+                dsts, reused, upscaled, computed = upscale_all(
                     segments, parts / key, info, spec, p, enc, deinterlace, frames_dir
                 )
             with timed(seconds, "reassemble"):
@@ -151,14 +154,18 @@ def remaster_episode(
             "run": {
                 "segments_reused": reused,
                 "frames_upscaled": upscaled,
+                "frames_computed": computed,
+                "frames_reused": upscaled - computed,
                 "fps": round(upscaled / seconds["upscale"], 3) if upscaled else 0.0,
                 "seconds": seconds,
             },
         }
         track(trk, summary, p, info, up, deinterlace)
     get_run_logger().info(
-        "remastered %s -> %s: %d frames in %d segments (%d reused), %.1f s, %.2f frames/s; verified: %s",
-        src, out, info.frames, len(segments), reused, seconds["wall"], summary["run"]["fps"],
+        "remastered %s -> %s: %d frames in %d segments (%d kept from an earlier run), %d frames computed "
+        "and %d reused, %.1f s, %.2f frames/s; verified: %s",
+        src, out, info.frames, len(segments), reused, computed, upscaled - computed, seconds["wall"],
+        summary["run"]["fps"],
         ", ".join(f"{k} ok" for k in checks),
     )  # fmt: skip
     return summary
@@ -186,7 +193,9 @@ def track(
         }
     )
     run = summary["run"]
-    metrics = {k: run[k] for k in ("segments_reused", "frames_upscaled", "fps")}
+    metrics = {
+        k: run[k] for k in ("segments_reused", "frames_upscaled", "frames_computed", "frames_reused", "fps")
+    }
     metrics.update({f"seconds_{k}": v for k, v in run["seconds"].items()})
     trk.log_metrics({"frames": info.frames, "segments": summary["segments"], **metrics})
     trk.log_dict(summary, "summary.json")
@@ -239,6 +248,15 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         "--runner", choices=CHOICES["runner"], help="upscale segments on a thread pool or on Dask workers"
     )
     parser.add_argument(
+        "--reuse",
+        choices=CHOICES["reuse"],
+        help="a frame that repeats the last computed one takes its "
+        "output again: off, exact (identical frames) or near (within --reuse-tolerance)",
+    )
+    parser.add_argument(
+        "--reuse-tolerance", type=float, metavar="LEVELS", help="near: mean luma difference, in grey levels"
+    )
+    parser.add_argument(
         "--dask-address",
         metavar="tcp://HOST:PORT",
         help="a running Dask scheduler (default: a local cluster)",
@@ -260,20 +278,53 @@ def with_workers(p: RemasterParams) -> Any:
     return remaster_episode.with_options(task_runner=runner)
 
 
+def reuse_preview(src: Path, p: RemasterParams) -> str:
+    """A table of what each reuse mode would save on ``src``: decoded and compared, never upscaled."""
+    ReuseRule(p.reuse, p.reuse_tolerance)
+    info = media.probe(src)
+    deinterlace = p.deinterlace == "on" or (p.deinterlace == "auto" and info.interlaced)
+    rules = [ReuseRule("exact"), ReuseRule("near", p.reuse_tolerance)]
+    with tempfile.TemporaryDirectory() as tmp:
+        segments = video.split(info, Path(tmp), p.segment_seconds)
+        counts = [video.count_held(info, segments, rule, deinterlace) for rule in rules]
+    lines = [f"{src}: {info.frames} frames in {len(segments)} segments of ~{p.segment_seconds:g} s",
+             "| reuse | frames computed | frames reused | model calls saved |",
+             "| --- | ---: | ---: | ---: |", f"| off | {info.frames} | 0 | 1.00x |"]  # fmt: skip
+    for rule, (frames, computed) in zip(rules, counts, strict=True):
+        name = rule.mode + (f" (tolerance {rule.tolerance:g})" if rule.mode == "near" else "")
+        lines.append(f"| {name} | {computed} | {frames - computed} | {frames / max(computed, 1):.2f}x |")
+    lines.append(f"remaster.reuse is {p.reuse}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = stage_parser("Remaster a video with A2N: probe, split, upscale, reassemble, verify.")
     parser.add_argument("input", help="the source video")
-    parser.add_argument("-o", "--output", required=True, help="the result (.mkv holds every stream)")
+    parser.add_argument("-o", "--output", help="the result (.mkv holds every stream)")
     add_settings(parser)
     parser.add_argument("--keep-frames", metavar="DIR", help="also write the upscaled frames as PNG here")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument(
+        "--dry-run-reuse",
+        action="store_true",
+        help="print how many frames each reuse mode would send through the model, and upscale nothing",
+    )
     parser.add_argument("--summary", type=Path, metavar="JSON", help="write the summary (no timings) here")
     parser.add_argument(
         "--metrics", type=Path, metavar="JSON", help="write frames, size and checks here (DVC)"
     )
     args = parser.parse_args(argv)
+    if not args.output and not args.dry_run_reuse:
+        parser.error("the following arguments are required: -o/--output")
     params, tracker = prepare(args)
     p = settings(params.remaster, args)
+    if args.dry_run_reuse:
+        try:
+            print(reuse_preview(Path(args.input), p))
+        except (media.VideoError, FileNotFoundError, ValueError, RuntimeError) as e:
+            print(f"remaster video: error: {e}", file=sys.stderr)
+            return 1
+        return 0
     try:
         summary = with_workers(p)(args.input, args.output, p, args.overwrite, args.keep_frames, tracker)
     except (

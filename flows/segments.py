@@ -26,16 +26,19 @@ from stages import media, video
 from stages.common import progress_bar
 from stages.fsutil import write_json
 from stages.params import RemasterParams
+from stages.reuse import NO_REUSE, ReuseRule
 
 FORMAT = "remaster-video/1"  # in every segment key: bump it when the same inputs would give other bytes
 
 
 def segment_key(input_sha: str, model_sha: str, p: RemasterParams, pix_fmt: str) -> str:
     """What a finished segment depends on; a change in any of it starts afresh."""
-    keyed = {"format": FORMAT, "input": input_sha, "model": model_sha, "pix_fmt": pix_fmt}
+    keyed: dict[str, object] = {"format": FORMAT, "input": input_sha, "model": model_sha, "pix_fmt": pix_fmt}
     keyed.update(
         {k: getattr(p, k) for k in ("scale", "codec", "crf", "preset", "segment_seconds", "deinterlace")}
     )
+    if p.reuse != "off":  # reused frames change the bytes; keys made before reuse existed stay valid
+        keyed.update({"reuse": p.reuse, "reuse_tolerance": p.reuse_tolerance})
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -86,9 +89,10 @@ def upscale_segment(
     batch: int = 4,
     progress: Callable[[int], object] | None = None,
     keep_frames: Path | None = None,
-) -> int:
+    reuse: ReuseRule = NO_REUSE,
+) -> video.SegmentResult:
     """``video.upscale_segment`` with the model ``model`` names, loaded once per process (the
-    flow's, or a Dask worker's). Returns the frames upscaled."""
+    flow's, or a Dask worker's)."""
     if not Path(seg.path).exists():
         raise FileNotFoundError(
             f"{seg.path} is not visible on {worker_name()}: Dask workers need the output's folder "
@@ -97,7 +101,7 @@ def upscale_segment(
     up = upscaler(model)
     return video.upscale_segment(
         seg, dst, info, up.upscale_frames, model.scale, enc,
-        deinterlace=deinterlace, batch=batch, progress=progress, keep_frames=keep_frames,
+        deinterlace=deinterlace, batch=batch, progress=progress, keep_frames=keep_frames, reuse=reuse,
     )  # fmt: skip
 
 
@@ -117,8 +121,9 @@ def upscale_all(
     enc: video.Encode,
     deinterlace: bool,
     keep_frames: Path | None,
-) -> tuple[list[Path], int, int]:
-    """Upscale every unfinished segment as a task; (segment outputs, segments reused, frames upscaled)."""
+) -> tuple[list[Path], int, int, int]:
+    """Upscale every unfinished segment as a task; (segment outputs, segments kept from an earlier
+    run, frames upscaled, of which computed by the model)."""
     logger = get_run_logger()
     ctx = FlowRunContext.get()
     runner = ctx.task_runner if ctx else None
@@ -142,6 +147,7 @@ def upscale_all(
             "batch": p.batch,
             "progress": bar.update if live else None,
             "keep_frames": keep_frames,
+            "reuse": ReuseRule(p.reuse, p.reuse_tolerance),
         }
         futures = [upscale_task.submit(s, d, info, model, enc, **kwargs) for s, d in todo]
         if live:
@@ -150,6 +156,9 @@ def upscale_all(
             frames_of = {f.task_run_id: s.frames for f, (s, _) in zip(futures, todo, strict=True)}
             for future in as_completed(futures):
                 bar.update(frames_of[future.task_run_id])
-        for future in futures:
-            future.result()  # the first failure fails the run; the finished segments stay for the next
-    return dsts, reused, frames
+        # the first failure fails the run; the finished segments stay for the next
+        computed = sum(future.result().computed for future in futures)
+    if p.reuse != "off" and frames:
+        logger.info("%d frames upscaled: %d computed by the model, %d reused held frames (%.2fx fewer calls)",
+                    frames, computed, frames - computed, frames / max(computed, 1))  # fmt: skip
+    return dsts, reused, frames, computed

@@ -175,6 +175,8 @@ class RemasterParams:
     precision: str = "auto"  # auto, fp32, bf16 or fp16
     tile: int = 0  # LR tile side for inference; 0 = sized to the device's memory
     cuda_graphs: bool = False  # replay the model from CUDA graphs, one per frame shape (GPU only)
+    reuse: str = "near"  # off, exact or near: a frame that repeats the last computed one reuses its output
+    reuse_tolerance: float = 1.5  # near: mean luma difference (grey levels) that still counts as held
     runner: str = "threads"  # where segments upscale: threads (this process) or dask (worker processes)
     dask_address: str = ""  # a running Dask scheduler, tcp://host:8786; "" = a local cluster per run
 

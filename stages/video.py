@@ -36,6 +36,7 @@ from stages.media import (
     run_ffmpeg,
     tail_text,
 )
+from stages.reuse import NO_REUSE, HeldFrames, ReuseRule
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,12 @@ def encode_cmd(dst: Path, info: VideoInfo, seg: Segment, scale: int, enc: Encode
     return [*cmd, "-color_range", colour.range, "-f", "matroska", str(dst)]
 
 
+@dataclass(frozen=True)
+class SegmentResult:
+    frames: int  # written to the encoder
+    computed: int  # of which went through the model; the rest repeat a held frame's output
+
+
 def upscale_segment(
     seg: Segment,
     dst: Path,
@@ -206,12 +213,52 @@ def upscale_segment(
     batch: int = 4,
     progress: Callable[[int], object] | None = None,
     keep_frames: Path | None = None,
-) -> int:
-    """Decode ``seg`` to rgb24, ``upscale`` batches of (N, H, W, 3) uint8, encode to ``dst`` (atomic)."""
+    reuse: ReuseRule = NO_REUSE,
+) -> SegmentResult:
+    """Decode ``seg`` to rgb24, ``upscale`` batches of (N, H, W, 3) uint8, encode to ``dst`` (atomic).
+
+    With ``reuse`` on, a frame that repeats the last computed one (``stages.reuse``) takes its
+    output again instead of a model call; batches still fill with frames that need the model.
+    """
     w, h = info.display_size
-    frame_bytes, done = w * h * 3, 0
+    frame_bytes = w * h * 3
+    held = HeldFrames(reuse)
+    # Frames in order, each computed (its index in `todo`) or a repeat (None) of the last computed
+    # one before it. A long hold is flushed every `most` frames, so memory stays bounded.
+    order: list[int | None] = []
+    todo: list[np.ndarray] = []
+    most = max(4 * batch, 8)
+    last: list[np.ndarray] = []  # the output of the last computed frame of an earlier flush
+    done = 0
     dec_cmd = [FFMPEG, *QUIET, "-noautorotate", "-i", seg.path, "-map", "0:v:0"]
     dec_cmd += ["-vf", decode_filters(info, deinterlace), "-fps_mode", "passthrough", "-f", "rawvideo", "-"]
+
+    def flush(encoder: subprocess.Popen[bytes]) -> bool:
+        nonlocal done
+        assert encoder.stdin is not None
+        out = upscale(np.stack(todo)) if todo else None  # (N, H*s, W*s, 3)
+        if out is not None and (out.shape != (len(todo), h * scale, w * scale, 3) or out.dtype != np.uint8):
+            raise RuntimeError(f"the upscaler gave {out.shape} {out.dtype} for {len(todo)} frames of {w}x{h}")
+        frames = []
+        for j in order:
+            if j is not None:
+                assert out is not None
+                last[:] = [out[j]]
+            frames.append(last[0])
+        order.clear()
+        todo.clear()
+        data = np.ascontiguousarray(np.stack(frames))  # (N, H*s, W*s, 3)
+        try:
+            encoder.stdin.write(data.data)
+        except BrokenPipeError:
+            return False  # the encoder died: its exit status and stderr say why
+        if keep_frames is not None:
+            save_frames(keep_frames, seg.first + done, data)
+        done += len(frames)
+        if progress is not None:
+            progress(len(frames))
+        return True
+
     # stderr goes to files: a full stderr pipe would block ffmpeg while we wait on its stdout
     with atomic_path(dst) as tmp, tempfile.TemporaryFile() as dec_err, tempfile.TemporaryFile() as enc_err:
         dec = subprocess.Popen(dec_cmd, stdout=subprocess.PIPE, stderr=dec_err)
@@ -220,22 +267,21 @@ def upscale_segment(
         )
         assert dec.stdout is not None and encoder.stdin is not None
         try:
-            while data := dec.stdout.read(frame_bytes * batch):
-                if len(data) % frame_bytes:
+            alive = True
+            while alive and (data := dec.stdout.read(frame_bytes)):
+                if len(data) != frame_bytes:
                     raise RuntimeError(f"segment {seg.index}: the decoder stopped mid-frame")
-                frames = np.frombuffer(bytearray(data), np.uint8).reshape(-1, h, w, 3)  # (N, H, W, 3)
-                out = upscale(frames)  # (N, H*s, W*s, 3)
-                if out.shape != (len(frames), h * scale, w * scale, 3) or out.dtype != np.uint8:
-                    raise RuntimeError(f"the upscaler gave {out.shape} {out.dtype} for {frames.shape}")
-                try:
-                    encoder.stdin.write(np.ascontiguousarray(out).data)
-                except BrokenPipeError:
-                    break  # the encoder died: its exit status and stderr say why
-                if keep_frames is not None:
-                    save_frames(keep_frames, seg.first + done, out)
-                done += len(frames)
-                if progress is not None:
-                    progress(len(frames))
+                frame = np.frombuffer(data, np.uint8).reshape(h, w, 3)  # (H, W, 3)
+                if held.repeats(frame):
+                    order.append(None)
+                else:
+                    held.computed(frame)
+                    order.append(len(todo))
+                    todo.append(frame)
+                if len(todo) == batch or len(order) >= most:
+                    alive = flush(encoder)
+            if alive and order:
+                flush(encoder)
             encoder.stdin.close()
             codes = {"decoding": (dec.wait(), dec_err), "encoding": (encoder.wait(), enc_err)}
         except BaseException:
@@ -250,7 +296,41 @@ def upscale_segment(
                 raise RuntimeError(f"{what} segment {seg.index} failed (exit {rc}): {msg}")
         if done != seg.frames:
             raise RuntimeError(f"segment {seg.index}: {done} frames decoded, {seg.frames} expected")
-    return done
+    if reuse.mode != "off":
+        log.info("segment %d: %d frames, %d computed, %d reused", seg.index, done, held.computed_frames,
+                 held.reused_frames)  # fmt: skip
+    return SegmentResult(done, held.computed_frames)
+
+
+def count_held(
+    info: VideoInfo, segments: Sequence[Segment], reuse: ReuseRule, deinterlace: bool = False
+) -> tuple[int, int]:
+    """What ``reuse`` would save, without the model: (frames, frames the model would compute)."""
+    w, h = info.display_size
+    frames = computed = 0
+    for seg in segments:
+        held = HeldFrames(reuse)
+        cmd = [FFMPEG, *QUIET, "-noautorotate", "-i", seg.path, "-map", "0:v:0"]
+        cmd += ["-vf", decode_filters(info, deinterlace), "-fps_mode", "passthrough", "-f", "rawvideo", "-"]
+        with tempfile.TemporaryFile() as err:
+            dec = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+            assert dec.stdout is not None
+            try:
+                while data := dec.stdout.read(w * h * 3):
+                    frame = np.frombuffer(data, np.uint8).reshape(h, w, 3)
+                    if not held.repeats(frame):
+                        held.computed(frame)
+            finally:
+                dec.stdout.close()
+                rc = dec.wait()
+            if rc != 0:
+                err.seek(0)
+                raise RuntimeError(
+                    f"decoding segment {seg.index} failed (exit {rc}): {tail_text(err.read().decode())}"
+                )
+        frames += held.computed_frames + held.reused_frames
+        computed += held.computed_frames
+    return frames, computed
 
 
 def save_frames(folder: Path, first: int, frames: np.ndarray) -> None:
