@@ -5,9 +5,9 @@
 #
 # Test sets, never in the video weights' training data (scripts/train_video.sh holds them out):
 #   WORKDIR/test_hr   7 HD anime frames and a manga page, made by train_video.sh;
-#   WORKDIR/test_jjk  16 frames of the shared 1080p JJK clip (every 10th), made here.
+#   WORKDIR/test_jjk  7 frames of the shared 1080p JJK clip (every 25th), made here.
 # Each LR is the HR downscaled by the scale (the pack downsampler), then degraded: clean,
-# libx264 CRF 18 and 23, MPEG-2 at -qscale:v 4 and 8 (DVD quality) at x2; clean and CRF 23 at x4.
+# libx264 CRF 18 and 23, MPEG-2 at -qscale:v 6 (DVD quality) at x2; clean and CRF 23 at x4.
 # Results: WORKDIR/eval/MODEL/x{s}/SPEC/metrics.json; scripts/video_card.py turns them into the card.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,12 +20,12 @@ SHARED=$(realpath ../shared)
 
 if [[ ! -d "$WORK/test_jjk" ]]; then
   mkdir -p "$WORK/test_jjk.tmp"
-  ffmpeg -nostdin -v error -i "$SHARED/data/video/tas_jjk_1080p_test.mp4" -vf "select='not(mod(n\,10))'" \
+  ffmpeg -nostdin -v error -i "$SHARED/data/video/tas_jjk_1080p_test.mp4" -vf "select='not(mod(n\,25))'" \
     -fps_mode passthrough "$WORK/test_jjk.tmp/f%02d.png"
   mv "$WORK/test_jjk.tmp" "$WORK/test_jjk"
 fi
 
-declare -A SPECS=([2]="bicubic x264:crf=18 x264:crf=23 mpeg2:q=4 mpeg2:q=8" [4]="bicubic x264:crf=23")
+declare -A SPECS=([2]="bicubic x264:crf=18 x264:crf=23 mpeg2:q=6" [4]="bicubic x264:crf=23")
 for model in "${MODELS[@]}"; do
   name=$(basename "$model" .safetensors)
   for s in 2 4; do
