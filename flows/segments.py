@@ -87,7 +87,7 @@ def upscale_segment(
     *,
     deinterlace: bool = False,
     batch: int = 4,
-    progress: Callable[[int], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
     keep_frames: Path | None = None,
     reuse: ReuseRule = NO_REUSE,
 ) -> video.SegmentResult:
@@ -141,11 +141,20 @@ def upscale_all(
     logger.info("%d segments: %d reused from an earlier run, %d to upscale", len(segments), reused, len(todo))
     frames = sum(s.frames for s, _ in todo)
     bar = progress_bar(info.frames, initial=info.frames - frames, unit="frame", log=logger)
+    counts = [0, 0]  # frames computed, reused in this run
+
+    def tick(n: int, computed: int) -> None:
+        counts[0] += computed
+        counts[1] += n - computed
+        if p.reuse != "off":
+            bar.set_postfix_str(f"{counts[0]} computed, {counts[1]} reused", refresh=False)
+        bar.update(n)
+
     with bar:
         kwargs: dict[str, Any] = {
             "deinterlace": deinterlace,
             "batch": p.batch,
-            "progress": bar.update if live else None,
+            "progress": tick if live else None,
             "keep_frames": keep_frames,
             "reuse": ReuseRule(p.reuse, p.reuse_tolerance),
         }

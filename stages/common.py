@@ -86,6 +86,7 @@ class LogProgress:
         self, total: int, *, initial: int = 0, unit: str = "it", log: Any = None, every: float = 30.0
     ):
         self.total, self.n, self.unit, self.every = total, initial, unit, every
+        self.note = ""  # appended to each line, as tqdm's postfix is
         self.log = log or logging.getLogger("remaster.progress")
         self._start_n, self._t0 = initial, time.monotonic()
         self._last = self._t0
@@ -103,7 +104,11 @@ class LogProgress:
         rate = (self.n - self._start_n) / max(now - self._t0, 1e-9)
         left = (self.total - self.n) / rate if rate > 0 else float("inf")
         eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left != float("inf") else "?"
-        return f"{self.n}/{self.total} {self.unit}s, {rate:.3g} {self.unit}/s, {eta} left"
+        line = f"{self.n}/{self.total} {self.unit}s, {rate:.3g} {self.unit}/s, {eta} left"
+        return f"{line}, {self.note}" if self.note else line
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self.note = text
 
     def __enter__(self) -> LogProgress:
         return self

@@ -211,7 +211,7 @@ def upscale_segment(
     *,
     deinterlace: bool = False,
     batch: int = 4,
-    progress: Callable[[int], object] | None = None,
+    progress: Callable[[int, int], object] | None = None,
     keep_frames: Path | None = None,
     reuse: ReuseRule = NO_REUSE,
 ) -> SegmentResult:
@@ -219,6 +219,7 @@ def upscale_segment(
 
     With ``reuse`` on, a frame that repeats the last computed one (``stages.reuse``) takes its
     output again instead of a model call; batches still fill with frames that need the model.
+    ``progress(frames, computed)`` is called as frames go to the encoder.
     """
     w, h = info.display_size
     frame_bytes = w * h * 3
@@ -236,6 +237,7 @@ def upscale_segment(
     def flush(encoder: subprocess.Popen[bytes]) -> bool:
         nonlocal done
         assert encoder.stdin is not None
+        computed = len(todo)
         out = upscale(np.stack(todo)) if todo else None  # (N, H*s, W*s, 3)
         if out is not None and (out.shape != (len(todo), h * scale, w * scale, 3) or out.dtype != np.uint8):
             raise RuntimeError(f"the upscaler gave {out.shape} {out.dtype} for {len(todo)} frames of {w}x{h}")
@@ -256,7 +258,7 @@ def upscale_segment(
             save_frames(keep_frames, seg.first + done, data)
         done += len(frames)
         if progress is not None:
-            progress(len(frames))
+            progress(len(frames), computed)
         return True
 
     # stderr goes to files: a full stderr pipe would block ffmpeg while we wait on its stdout

@@ -3,6 +3,7 @@ never across a segment start or a scene cut."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from pathlib import Path
 
@@ -136,3 +137,33 @@ def test_dry_run_prints_what_reuse_saves_and_upscales_nothing(clip: Path, tmp_pa
     assert "16 frames in 2 segments" in out
     assert "| exact | 6 | 10 | 2.67x |" in out and "| near (tolerance 1.5) | 6 | 10 | 2.67x |" in out
     assert not list(tmp_path.iterdir())
+
+
+def test_the_flow_reports_computed_and_reused_frames_and_verifies(
+    api_url: str, clip: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flows import remaster
+    from models.a2n import A2N, A2NConfig
+    from models.checkpoint import save_checkpoint
+    from stages.params import RemasterParams
+
+    cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
+    save_checkpoint(tmp_path / "tiny.pt", A2N(cfg), cfg)
+    summaries = {}
+    for mode in ("off", "near"):
+        p = RemasterParams(scale=2, model=str(tmp_path / "tiny.pt"), segment_seconds=0.48, preset="ultrafast",
+                           workers=1, reuse=mode)  # fmt: skip
+        out = tmp_path / f"{mode}.mkv"
+        with caplog.at_level(logging.INFO):
+            summaries[mode] = remaster.with_workers(p)(str(clip), str(out), p)
+        assert all(check["ok"] for check in summaries[mode]["verify"].values()), mode
+        assert media.count_packets(out) == 16
+    off, near = summaries["off"]["run"], summaries["near"]["run"]
+    assert (off["frames_computed"], off["frames_reused"]) == (16, 0)
+    assert (near["frames_computed"], near["frames_reused"]) == (6, 10)
+    assert "16/16 frames" in caplog.text and "6 computed, 10 reused" in caplog.text
+    assert (
+        "16 frames upscaled: 6 computed by the model, 10 reused held frames (2.67x fewer calls)"
+        in caplog.text
+    )
+    assert summaries["off"]["verify"] == summaries["near"]["verify"]
