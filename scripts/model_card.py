@@ -46,6 +46,7 @@ def _train_rows(work: Path, scale: int) -> dict[str, Any]:
         "lr": hp.get("lr"),
         "schedule": hp.get("schedule"),
         "init": hp.get("init") or "none (random)",
+        "clean_fraction": hp.get("clean_fraction"),
         "val": (
             extra["best"][1],
             extra["bicubic"][0] if extra.get("bicubic") else None,
