@@ -29,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.runners import RUNNERS, ModelSpec, make_task_runner, upscaler
 from flows.segments import locked, reassemble_task, segment_key, split_task, upscale_all
-from stages import media, video
+from stages import media, stopping, video
 from stages.common import prepare, stage_parser
 from stages.fsutil import sha256_file, write_json
 from stages.inference import Upscaler, bicubic_upscale, resolve_model_path
@@ -111,7 +111,7 @@ def remaster_episode(
                 )  # fmt: skip
             key = segment_key(sha256_file(src), model["sha256"], p, enc.pix_fmt)
         parts = out.with_name(out.name + ".parts")
-        with locked(parts / key):
+        with locked(parts / key), stopping.children_end_with_the_block():
             with timed(seconds, "split"):
                 segments = split_task(info, parts / key, p.segment_seconds)
             spec = ModelSpec(
@@ -318,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the following arguments are required: -o/--output")
     params, tracker = prepare(args)
     p = settings(params.remaster, args)
+    resume = f"the finished segments stay in {args.output}.parts; run the same command to resume"
     if args.dry_run_reuse:
         try:
             print(reuse_preview(Path(args.input), p))
@@ -326,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     try:
-        summary = with_workers(p)(args.input, args.output, p, args.overwrite, args.keep_frames, tracker)
+        with stopping.stop_on_signals("remaster video", resume):
+            summary = with_workers(p)(args.input, args.output, p, args.overwrite, args.keep_frames, tracker)
     except (
         media.VideoError,
         video.VerifyError,
@@ -336,8 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         RuntimeError,
         OSError,  # a Dask scheduler that cannot be reached, among others
     ) as e:
+        if (code := stopping.exit_code_of(e)) is not None:
+            return code  # a segment that failed because the run was stopping
         print(f"remaster video: error: {e}", file=sys.stderr)
         return 1
+    except BaseException as e:  # Stopped, or Prefect's own exception for the signal
+        if (code := stopping.exit_code_of(e)) is not None:
+            return code
+        raise
     if args.summary:
         write_json(args.summary, {k: v for k, v in summary.items() if k != "run"})
     if args.metrics:

@@ -159,12 +159,19 @@ def upscale_all(
             "reuse": ReuseRule(p.reuse, p.reuse_tolerance),
         }
         futures = [upscale_task.submit(s, d, info, model, enc, **kwargs) for s, d in todo]
-        if live:
-            wait(futures)
-        else:  # a worker process cannot reach this bar: count each segment as it finishes
-            frames_of = {f.task_run_id: s.frames for f, (s, _) in zip(futures, todo, strict=True)}
-            for future in as_completed(futures):
-                bar.update(frames_of[future.task_run_id])
+        try:
+            if live:
+                wait(futures)
+            else:  # a worker process cannot reach this bar: count each segment as it finishes
+                frames_of = {f.task_run_id: s.frames for f, (s, _) in zip(futures, todo, strict=True)}
+                for future in as_completed(futures):
+                    bar.update(frames_of[future.task_run_id])
+        except BaseException:
+            for future in futures:  # a stop: segments not yet started never start
+                wrapped = getattr(future, "wrapped_future", None)
+                if wrapped is not None:
+                    wrapped.cancel()
+            raise
         # the first failure fails the run; the finished segments stay for the next
         computed = sum(future.result().computed for future in futures)
     if p.reuse != "off" and frames:

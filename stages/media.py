@@ -18,6 +18,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from stages import stopping
+
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
 QUIET = ["-hide_banner", "-nostdin", "-loglevel", "error"]
@@ -54,7 +56,7 @@ def as_int(value: Any) -> int | None:
 
 
 def run_ffmpeg(cmd: Sequence[str], what: str) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(list(cmd), capture_output=True, text=True, errors="replace")
+    res = stopping.run(cmd, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"{what} failed (exit {res.returncode}): {tail_text(res.stderr)}")
     return res
@@ -172,9 +174,7 @@ def frame_pass(path: str | Path, stream: int | str) -> Frames:
     """Decode one stream with ffprobe: every frame's timestamp, duration and interlace flag."""
     entries = "stream=time_base:frame=best_effort_timestamp,pkt_duration,interlaced_frame"
     cmd = [FFPROBE, "-v", "error", "-select_streams", str(stream), "-show_entries", entries]
-    res = subprocess.run(
-        [*cmd, "-of", "compact", str(path)], capture_output=True, text=True, errors="replace"
-    )
+    res = stopping.run([*cmd, "-of", "compact", str(path)], text=True)
     if res.returncode != 0:
         raise VideoError(f"{path}: cannot decode: {tail_text(res.stderr)}")
     frames = Frames(Fraction(1, 1000), [], [], 0, res.stderr)
@@ -295,10 +295,8 @@ def probe(path: str | Path) -> VideoInfo:
 def count_packets(path: Path, stream: str = "v:0") -> int:
     """Packets of one stream, without decoding; -1 when the file cannot be read."""
     cmd = [FFPROBE, "-v", "error", "-select_streams", stream, "-count_packets"]
-    res = subprocess.run(
-        [*cmd, "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
-        capture_output=True,
-        text=True,
+    res = stopping.run(
+        [*cmd, "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)], text=True
     )
     return (as_int(res.stdout.strip().split(",")[0]) or 0) if res.returncode == 0 else -1
 

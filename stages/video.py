@@ -12,6 +12,7 @@ VFR source keeps its timing and the audio, copied untouched, stays in sync.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stages import stopping
 from stages.fsutil import atomic_path
 from stages.media import (
     BT601,
@@ -263,8 +265,8 @@ def upscale_segment(
 
     # stderr goes to files: a full stderr pipe would block ffmpeg while we wait on its stdout
     with atomic_path(dst) as tmp, tempfile.TemporaryFile() as dec_err, tempfile.TemporaryFile() as enc_err:
-        dec = subprocess.Popen(dec_cmd, stdout=subprocess.PIPE, stderr=dec_err)
-        encoder = subprocess.Popen(
+        dec = stopping.spawn(dec_cmd, stdout=subprocess.PIPE, stderr=dec_err)
+        encoder = stopping.spawn(
             encode_cmd(tmp, info, seg, scale, enc), stdin=subprocess.PIPE, stderr=enc_err
         )
         assert dec.stdout is not None and encoder.stdin is not None
@@ -284,13 +286,16 @@ def upscale_segment(
                     alive = flush(encoder)
             if alive and order:
                 flush(encoder)
-            encoder.stdin.close()
-            codes = {"decoding": (dec.wait(), dec_err), "encoding": (encoder.wait(), enc_err)}
+            with contextlib.suppress(BrokenPipeError):  # a dead encoder says why in its status
+                encoder.stdin.close()
+            codes = {"decoding": (stopping.reap(dec), dec_err), "encoding": (stopping.reap(encoder), enc_err)}
         except BaseException:
             for proc in (dec, encoder):
                 proc.kill()
-                proc.wait()
+                stopping.reap(proc)
             raise
+        if stopping.stop_requested():
+            raise RuntimeError(f"segment {seg.index} stopped: the run was told to stop")
         for what, (rc, err) in codes.items():
             if rc != 0:
                 err.seek(0)
@@ -315,7 +320,7 @@ def count_held(
         cmd = [FFMPEG, *QUIET, "-noautorotate", "-i", seg.path, "-map", "0:v:0"]
         cmd += ["-vf", decode_filters(info, deinterlace), "-fps_mode", "passthrough", "-f", "rawvideo", "-"]
         with tempfile.TemporaryFile() as err:
-            dec = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+            dec = stopping.spawn(cmd, stdout=subprocess.PIPE, stderr=err)
             assert dec.stdout is not None
             try:
                 while data := dec.stdout.read(w * h * 3):
@@ -324,7 +329,7 @@ def count_held(
                         held.computed(frame)
             finally:
                 dec.stdout.close()
-                rc = dec.wait()
+                rc = stopping.reap(dec)
             if rc != 0:
                 err.seek(0)
                 raise RuntimeError(
@@ -349,7 +354,12 @@ def extract_frame(info: VideoInfo, frame: int, deinterlace: bool = False) -> np.
     t = float((info.pts[frame] - info.pts[0]) * info.tb)
     cmd = [FFMPEG, *QUIET, "-noautorotate", "-i", info.path, "-map", f"0:{info.index}", "-ss", f"{t:.6f}"]
     cmd += ["-vf", decode_filters(info, deinterlace), "-frames:v", "1", "-f", "rawvideo", "-"]
-    data = subprocess.run(cmd, capture_output=True, check=True).stdout
+    done = stopping.run(cmd)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"extracting frame {frame} failed (exit {done.returncode}): {tail_text(done.stderr.decode())}"
+        )
+    data = done.stdout
     w, h = info.display_size
     return np.frombuffer(data[: w * h * 3], np.uint8).reshape(h, w, 3).copy()
 

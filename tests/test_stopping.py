@@ -1,0 +1,125 @@
+"""Stop when told, fail loudly, never hang: real `remaster video` processes signalled mid-run,
+ffmpeg children that die, a second run on the same output, and the child registry itself."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_video import make_episode
+
+from models.a2n import A2N, A2NConfig
+from models.checkpoint import save_checkpoint
+from stages import media, stopping
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie does not count: it holds no resources and its parent reaps it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("stop")
+    # wide enough that a frame spends a while in the model: most of a run is "in the model"
+    cfg = A2NConfig(scale=2, n_feat=16, n_up_feat=16, n_blocks=4)
+    save_checkpoint(folder / "model.pt", A2N(cfg), cfg)
+    (folder / "none.yaml").write_text("tracking: {enabled: false}\n")
+    return {"model": folder / "model.pt", "episode": make_episode(folder, size="256x192", seconds=2.0),
+            "params": folder / "none.yaml"}  # fmt: skip
+
+
+def command(assets: dict[str, Path], out: Path) -> list[str]:
+    return [sys.executable, "-m", "flows.remaster", str(assets["episode"]), "-o", str(out), "--scale", "2",
+            "--model", str(assets["model"]), "--segment-seconds", "0.5", "--preset", "ultrafast",
+            "--workers", "1", "--batch", "1", "--params", str(assets["params"]), "--no-track"]  # fmt: skip
+
+
+def start(cmd: list[str], log: Path, api_url: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PREFECT_API_URL": api_url}
+    with open(log, "wb") as f:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], limit: float = 120.0) -> None:
+    deadline = time.monotonic() + limit
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, f"never saw {text!r}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "when"),
+    [
+        (signal.SIGTERM, 143, "in the model"),
+        (signal.SIGINT, 130, "in the model"),
+        (signal.SIGTERM, 143, "splitting"),
+    ],
+)
+def test_a_signal_stops_the_run_within_10_s_and_it_resumes(
+    api_url: str, assets: dict[str, Path], tmp_path: Path, signum: int, code: int, when: str
+) -> None:
+    out = tmp_path / "episode_x2.mkv"
+    log = tmp_path / "run.log"
+    proc = start(command(assets, out), log, api_url)
+    try:
+        if when == "splitting":
+            wait_for(log, "Beginning flow run", proc)
+        else:
+            wait_for(log, "to upscale", proc)
+            time.sleep(1.0)
+        children = stopping.descendants(proc.pid)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        rc = proc.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    text = log.read_text(errors="replace")
+    assert rc == code, text[-3000:]
+    assert took < 10.0, f"took {took:.1f} s to stop"
+    name = signal.Signals(signum).name
+    assert text.count(f"remaster video: stopped by {name}; the finished segments stay in {out}.parts; "
+                      "run the same command to resume") == 1  # fmt: skip
+    assert not [pid for pid in children if alive(pid)], "a child outlived the run"
+    assert not out.exists()  # nothing looks finished: segments are renamed only when whole
+    parts = out.with_name(out.name + ".parts")
+    finished = sorted(parts.glob("*/out/seg_*.mkv"))
+    for seg in finished:
+        assert media.count_packets(seg) > 0
+    if when == "in the model" and signum == signal.SIGTERM:
+        again = subprocess.run(command(assets, out), cwd=ROOT, env={**os.environ, "PREFECT_API_URL": api_url},
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+        logs = again.stdout + again.stderr
+        assert again.returncode == 0, logs[-3000:]
+        assert f"4 segments: {len(finished)} reused from an earlier run" in logs
+        assert out.exists() and media.count_packets(out) == 48 and "verified: frames ok" in logs
+
+
+def test_children_are_terminated_and_reaped_and_a_stop_refuses_new_ones() -> None:
+    sleeper = stopping.spawn(["sleep", "30"])
+    assert sleeper in stopping.live_children()
+    assert stopping.terminate_children(timeout=1.0) == 1
+    assert sleeper.returncode is not None and not stopping.live_children()
+    done = stopping.run(["sh", "-c", "echo out; echo err >&2; exit 3"], text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+    assert stopping.exit_code_of(RuntimeError("x")) is None
+    try:
+        raise RuntimeError("segment failed") from stopping.Stopped(signal.SIGTERM)
+    except RuntimeError as e:
+        assert stopping.exit_code_of(e) == 143
+    assert stopping.exit_code_of(KeyboardInterrupt()) == 130
