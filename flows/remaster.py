@@ -50,12 +50,25 @@ CHOICES = {
 }
 
 
-def check_job(p: RemasterParams, output: Path, overwrite: bool) -> None:
+def check_roots(p: RemasterParams, paths: list[Path]) -> None:
+    """With ``remaster.media_roots`` set, every path must lie under one of them (symlinks
+    resolved): a flow run started through the API takes its paths from whoever can reach it."""
+    if not p.media_roots:
+        return
+    roots = [Path(r).expanduser().resolve() for r in p.media_roots]
+    for path in paths:
+        real = path.expanduser().resolve()
+        if not any(real.is_relative_to(root) for root in roots):
+            raise PermissionError(f"{path} is outside remaster.media_roots ({', '.join(map(str, roots))})")
+
+
+def check_job(p: RemasterParams, source: Path, output: Path, overwrite: bool) -> None:
     """Fail before any work on settings or an output that cannot be right."""
     for name, allowed in CHOICES.items():
         if getattr(p, name) not in allowed:
             raise ValueError(f"remaster.{name} must be one of {allowed}, got {getattr(p, name)!r}")
     ReuseRule(p.reuse, p.reuse_tolerance)  # a ValueError on a bad mode or tolerance
+    check_roots(p, [source, output])
     if output.suffix.lower() not in CONTAINERS:
         raise ValueError(
             f"{output}: the output must end in one of {', '.join(CONTAINERS)} (.mkv holds anything)"
@@ -94,7 +107,7 @@ def remaster_episode(
     p = params or RemasterParams()
     trk: Tracker = tracker if tracker is not None else NullTracker()
     src, out = Path(input_path), Path(output_path)
-    check_job(p, out, overwrite)
+    check_job(p, src, out, overwrite)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     with trk.start_run(EXPERIMENT, f"{src.stem}-x{p.scale}"):
@@ -111,7 +124,7 @@ def remaster_episode(
                 )  # fmt: skip
             key = segment_key(sha256_file(src), model["sha256"], p, enc.pix_fmt)
         parts = out.with_name(out.name + ".parts")
-        with locked(parts / key), stopping.children_end_with_the_block():
+        with locked(parts), stopping.children_end_with_the_block():
             with timed(seconds, "split"):
                 segments = split_task(info, parts / key, p.segment_seconds)
             spec = ModelSpec(

@@ -12,6 +12,10 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import os
+import socket
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ from prefect.futures import as_completed, wait
 from flows.runners import ModelSpec, runs_in_process, upscaler, worker_name
 from stages import media, video
 from stages.common import progress_bar
-from stages.fsutil import write_json
+from stages.fsutil import sha256_file, write_json
 from stages.params import RemasterParams
 from stages.reuse import NO_REUSE, ReuseRule
 
@@ -43,15 +47,24 @@ def segment_key(input_sha: str, model_sha: str, p: RemasterParams, pix_fmt: str)
 
 
 @contextlib.contextmanager
-def locked(work: Path) -> Iterator[None]:
-    """One run per work folder; a killed run's lock goes with its process."""
-    work.mkdir(parents=True, exist_ok=True)
-    with open(work / ".lock", "w") as f:
+def locked(parts: Path) -> Iterator[None]:
+    """One run per output: ``OUTPUT.parts/.lock``, held with ``flock``, names its holder. The lock
+    goes with its process, so a killed run's lock never blocks: only its note stays, and the next
+    run overwrites it."""
+    parts.mkdir(parents=True, exist_ok=True)
+    with open(parts / ".lock", "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"another remaster run is writing {work}") from None
-        for stale in work.rglob(".*.tmp-*"):  # half-written by a run that was killed
+            f.seek(0)
+            holder = f.read().strip() or "a run that has not written its name yet"
+            raise RuntimeError(f"another remaster run is writing {parts.with_suffix('')}: {holder}") from None
+        f.seek(0)
+        f.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {' '.join(sys.argv)}\n")
+        f.flush()
+        for stale in parts.rglob(".*.tmp-*"):  # half-written by a run that was killed
             stale.unlink()
         yield
 
@@ -97,6 +110,12 @@ def upscale_segment(
         raise FileNotFoundError(
             f"{seg.path} is not visible on {worker_name()}: Dask workers need the output's folder "
             "at the same path (a shared filesystem)"
+        )
+    if sha256_file(model.path) != model.sha256:
+        raise RuntimeError(
+            f"the model file {model.path} changed during the run (its sha256 is no longer "
+            f"{model.sha256[:12]}...): segments made with two models would not match; run the same "
+            "command again to start over with the new file"
         )
     up = upscaler(model)
     return video.upscale_segment(

@@ -177,6 +177,7 @@ class RemasterParams:
     cuda_graphs: bool = False  # replay the model from CUDA graphs, one per frame shape (GPU only)
     reuse: str = "near"  # off, exact or near: a frame that repeats the last computed one reuses its output
     reuse_tolerance: float = 1.5  # near: mean luma difference (grey levels) that still counts as held
+    media_roots: tuple[str, ...] = ()  # inputs and outputs must lie under one of these; () = anywhere
     runner: str = "threads"  # where segments upscale: threads (this process) or dask (worker processes)
     dask_address: str = ""  # a running Dask scheduler, tcp://host:8786; "" = a local cluster per run
 

@@ -34,6 +34,7 @@ from stages.media import (
     Colour,
     VideoError,
     VideoInfo,
+    count_packets,
     frame_pass,
     run_ffmpeg,
     tail_text,
@@ -184,7 +185,7 @@ def encode_cmd(dst: Path, info: VideoInfo, seg: Segment, scale: int, enc: Encode
     filters.append(
         f"scale=out_color_matrix={SCALE_MATRIX[colour.matrix]}:out_range={colour.range}:flags=accurate_rnd"
     )
-    cmd = [FFMPEG, *QUIET, "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w * scale}x{h * scale}"]
+    cmd = [FFMPEG, *QUIET, "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w * scale}x{h * scale}"]
     cmd += ["-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "-"]
     cmd += ["-vf", ",".join([*filters, f"format={enc.pix_fmt}"]), "-fps_mode", "passthrough"]
     # the encoder keeps the source's time base: its default, 1/frame rate, would round VFR times
@@ -288,7 +289,11 @@ def upscale_segment(
                 flush(encoder)
             with contextlib.suppress(BrokenPipeError):  # a dead encoder says why in its status
                 encoder.stdin.close()
-            codes = {"decoding": (stopping.reap(dec), dec_err), "encoding": (stopping.reap(encoder), enc_err)}
+            if not alive:  # the encoder died: a decoder still writing frames must not block on us
+                dec.stdout.close()
+                dec.kill()
+            # the encoder's status first: when it dies, the decoder is killed here, not at fault
+            codes = {"encoding": (stopping.reap(encoder), enc_err), "decoding": (stopping.reap(dec), dec_err)}
         except BaseException:
             for proc in (dec, encoder):
                 proc.kill()
@@ -303,6 +308,12 @@ def upscale_segment(
                 raise RuntimeError(f"{what} segment {seg.index} failed (exit {rc}): {msg}")
         if done != seg.frames:
             raise RuntimeError(f"segment {seg.index}: {done} frames decoded, {seg.frames} expected")
+        # ffmpeg can exit 0 after failed writes (a full disk): the file must hold every frame
+        if (written := count_packets(tmp)) != done:
+            raise RuntimeError(
+                f"encoding segment {seg.index} wrote {max(written, 0)} of {done} frames to {dst.name} "
+                "(a full disk or a broken encoder); the segment is not kept"
+            )
     if reuse.mode != "off":
         log.info("segment %d: %d frames, %d computed, %d reused", seg.index, done, held.computed_frames,
                  held.reused_frames)  # fmt: skip

@@ -16,7 +16,7 @@ from test_video import make_episode
 
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from stages import media, stopping
+from stages import media, stopping, video
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,3 +123,113 @@ def test_children_are_terminated_and_reaped_and_a_stop_refuses_new_ones() -> Non
     except RuntimeError as e:
         assert stopping.exit_code_of(e) == 143
     assert stopping.exit_code_of(KeyboardInterrupt()) == 130
+
+
+# --- faults: each ends in a clear error that names what failed, and never a hang ----------------
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    folder = tmp_path_factory.mktemp("faults")
+    src = make_episode(folder, size="96x72", seconds=1.0)
+    info = media.probe(src)
+    return {"folder": folder, "src": src, "info": info, "segments": video.split(info, folder / "src", 0)}
+
+
+def _child(word: str) -> subprocess.Popen[bytes]:
+    """The live ffmpeg whose command line holds ``word`` (the decoder reads a file, the encoder stdin)."""
+    return next(p for p in stopping.live_children() if word in p.args)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("who", "word"), [("encoding", "libx264"), ("decoding", "-noautorotate")])
+def test_a_dying_ffmpeg_fails_the_segment_with_its_name(
+    small: dict, tmp_path: Path, who: str, word: str
+) -> None:
+    calls = []
+
+    def up(frames):  # type: ignore[no-untyped-def]
+        calls.append(len(frames))
+        if len(calls) == 3:
+            _child(word).kill()
+            time.sleep(0.2)
+        return frames.repeat(2, axis=1).repeat(2, axis=2)
+
+    dst = tmp_path / "seg.mkv"
+    with pytest.raises(
+        RuntimeError,
+        match=rf"({who} segment 0 failed \(exit -9\)|segment 0: \d+ frames decoded, 24 expected)",
+    ):
+        enc = video.Encode(preset="ultrafast")
+        video.upscale_segment(small["segments"][0], dst, small["info"], up, 2, enc, batch=2)
+    assert not dst.exists() and not list(tmp_path.iterdir())  # no partial output
+    assert not stopping.live_children()
+
+
+def test_a_full_disk_fails_the_segment_and_leaves_no_file(
+    small: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @contextlib.contextmanager
+    def full(target):  # type: ignore[no-untyped-def]
+        yield Path("/dev/full")  # every write: ENOSPC
+
+    monkeypatch.setattr(video, "atomic_path", full)
+    with pytest.raises(
+        RuntimeError, match=r"encoding segment 0 wrote 0 of 24 frames to seg.mkv \(a full disk"
+    ):
+        video.upscale_segment(small["segments"][0], tmp_path / "seg.mkv", small["info"],
+                              lambda f: f.repeat(2, axis=1).repeat(2, axis=2), 2,
+                              video.Encode(preset="ultrafast"))  # fmt: skip
+    assert not list(tmp_path.iterdir()) and not stopping.live_children()
+
+
+def test_a_changed_model_file_stops_the_next_segment(small: dict, tmp_path: Path) -> None:
+    from flows.runners import ModelSpec
+    from flows.segments import upscale_segment
+    from stages.fsutil import sha256_file
+
+    cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
+    model = save_checkpoint(tmp_path / "m.pt", A2N(cfg), cfg) or tmp_path / "m.pt"
+    spec = ModelSpec(str(model), sha256_file(model), 2)
+    seg = small["segments"][0]
+    assert (
+        upscale_segment(seg, tmp_path / "a.mkv", small["info"], spec, video.Encode(preset="ultrafast")).frames
+        == 24
+    )
+    save_checkpoint(model, A2N(cfg), cfg, step=2)  # replaced between segments
+    with pytest.raises(RuntimeError, match=r"the model file .*m\.pt changed during the run"):
+        upscale_segment(seg, tmp_path / "b.mkv", small["info"], spec, video.Encode(preset="ultrafast"))
+    assert not (tmp_path / "b.mkv").exists()
+
+
+def test_a_second_run_on_the_same_output_names_the_first(small: dict, tmp_path: Path) -> None:
+    from flows.segments import locked
+
+    parts = tmp_path / "out.mkv.parts"
+    held = rf"another remaster run is writing {tmp_path}/out.mkv: pid {os.getpid()} on .*, started 20\d\d-"
+    with locked(parts):
+        with pytest.raises(RuntimeError, match=held), locked(parts):
+            pass
+        # another process, the way a second `remaster video` would see it
+        probe = subprocess.run([sys.executable, "-c", "import fcntl,sys; f=open(sys.argv[1]); "
+                                "fcntl.flock(f, fcntl.LOCK_EX|fcntl.LOCK_NB)", str(parts / ".lock")],
+                               capture_output=True, text=True)  # fmt: skip
+        assert probe.returncode != 0 and "BlockingIOError" in probe.stderr
+    # a killed run's note stays, but its lock went with it: the next run goes ahead
+    (parts / ".lock").write_text("pid 999999 on gone, started 2020-01-01 00:00:00: remaster video ...\n")
+    with locked(parts):
+        assert f"pid {os.getpid()}" in (parts / ".lock").read_text()
+
+
+def test_media_roots_refuse_paths_outside_them(tmp_path: Path) -> None:
+    from flows.remaster import check_roots
+    from stages.params import RemasterParams
+
+    inside = tmp_path / "media"
+    (inside / "in").mkdir(parents=True)
+    p = RemasterParams(media_roots=(str(inside),))
+    check_roots(p, [inside / "in" / "a.mkv", inside / "b.mkv"])
+    check_roots(RemasterParams(), [Path("/anywhere/a.mkv")])  # no roots: anything goes
+    (inside / "escape").symlink_to(tmp_path)
+    for bad in (tmp_path / "a.mkv", inside / ".." / "a.mkv", inside / "escape" / "a.mkv"):
+        with pytest.raises(PermissionError, match=r"is outside remaster.media_roots"):
+            check_roots(p, [inside / "in" / "ok.mkv", bad])
