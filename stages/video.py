@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -172,12 +173,47 @@ def pts_expression(pts: Sequence[int]) -> str:
     return "+".join(terms) or "0"
 
 
+RUN_TERMS_MAX = 24  # past this many runs, ffmpeg's expression parser may fail ("Cannot allocate memory")
+
+
+def rounded_rate_expression(info: VideoInfo, seg: Segment) -> str | None:
+    """For a source whose times are a constant rate rounded to its time base (Matroska's 1 ms at
+    23.976 fps gives 42, 42, 41, 42, ... ms): frame k of the source at round(k * D), D = 1 / (rate
+    * tb), as one exact integer expression for ``seg``; None if no usual rate fits every frame."""
+    if not info.pts:
+        return None
+    rel = [p - info.pts[0] for p in info.pts]
+    for text in (info.r_frame_rate, info.avg_frame_rate, "24000/1001", "30000/1001", "60000/1001"):
+        try:
+            rate = Fraction(text)
+        except (ValueError, ZeroDivisionError):
+            continue
+        if rate <= 0:
+            continue
+        d = 1 / (rate * info.tb)
+        num, den = d.numerator, d.denominator
+        if all((2 * k * num + den) // (2 * den) == r for k, r in enumerate(rel)):
+            f = seg.first
+            start = (2 * f * num + den) // (2 * den)
+            return f"floor((2*(N+{f})*{num}+{den})/{2 * den})-{start}"
+    return None
+
+
+def segment_pts(info: VideoInfo, seg: Segment) -> str:
+    """The setpts expression for ``seg``: runs of equal steps, or a rounded constant rate when the
+    runs are too many for ffmpeg's parser."""
+    expr = pts_expression(seg.pts)
+    if expr.count("clip(") > RUN_TERMS_MAX and (rounded := rounded_rate_expression(info, seg)):
+        return rounded
+    return expr
+
+
 def encode_cmd(dst: Path, info: VideoInfo, seg: Segment, scale: int, enc: Encode) -> list[str]:
     """ffmpeg reading rgb24 frames on stdin and writing ``dst`` with the source's frame times."""
     w, h = info.display_size
     out_w, out_h = output_size(info, scale)
     colour, rate, tb = output_colour(info, out_h), info.frame_rate, info.tb
-    filters = [f"settb={tb.numerator}/{tb.denominator}", f"setpts='{pts_expression(seg.pts)}'"]
+    filters = [f"settb={tb.numerator}/{tb.denominator}", f"setpts='{segment_pts(info, seg)}'"]
     if (out_w, out_h) != (w * scale, h * scale):
         filters.append(f"pad={out_w}:{out_h}")
     if info.sar not in ("1:1", "0:1", "N/A", ""):

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import subprocess
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +264,20 @@ def test_bad_inputs_fail_clearly(sources: Path, tmp_path: Path) -> None:
             media.probe(tmp_path / name)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
     assert json.dumps(media.probe(sources / "clip.mp4").summary())  # the summary is plain JSON
+
+
+def test_a_long_matroska_segment_at_23_976_keeps_its_times(tmp_path: Path) -> None:
+    """Matroska's 1 ms times at 24000/1001 fps step 42, 42, 41, ... ms: too many runs for one
+    setpts expression of runs, so the encoder takes the rounded constant rate instead."""
+    src = tmp_path / "ntsc.mkv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x48:r=24000/1001:d=9", *X264, src)
+    info = media.probe(src)
+    assert info.tb == Fraction(1, 1000) and info.frames == 216
+    seg = video.split(info, tmp_path / "src", 0)[0]
+    assert video.pts_expression(seg.pts).count("clip(") > video.RUN_TERMS_MAX
+    expr = video.rounded_rate_expression(info, seg)
+    assert expr == "floor((2*(N+0)*1001+24)/48)-0"
+    dst = tmp_path / "up.mkv"
+    video.upscale_segment(seg, dst, info, nearest(2), 2, video.Encode(preset="ultrafast"))
+    _, pts, _ = media.packet_times(dst, "v:0")
+    assert pts == list(info.pts)  # every frame where the source has it, to the millisecond
