@@ -149,6 +149,7 @@ class _Stop:
 
     prog: str = "remaster"
     resume: str = "run the same command again to resume"
+    signum: int = 0  # the signal that began it
     began: threading.Event = field(default_factory=threading.Event)
     refuse: threading.Event = field(default_factory=threading.Event)  # no new children from here on
 
@@ -160,10 +161,17 @@ def stop_requested() -> bool:
     return _stop.refuse.is_set()
 
 
+def raise_if_stopping() -> None:
+    """For a loop that stops only between its steps (``stop_on_signals(raise_now=False)``)."""
+    if _stop.began.is_set():
+        raise Stopped(_stop.signum)
+
+
 def begin_stop(signum: int) -> None:
     """Once per process: the one line, the watchdog, and the children terminated."""
     if _stop.began.is_set():
         return
+    _stop.signum = signum
     _stop.began.set()
     _stop.refuse.set()
     name = signal.Signals(signum).name
@@ -212,8 +220,10 @@ def children_end_with_the_block() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def stop_on_signals(prog: str, resume: str) -> Iterator[None]:
-    """SIGTERM and SIGINT stop the block as described above; ``resume`` says how to carry on."""
+def stop_on_signals(prog: str, resume: str, raise_now: bool = True) -> Iterator[None]:
+    """SIGTERM and SIGINT stop the block as described above; ``resume`` says how to carry on.
+    ``raise_now=False``: the handler only begins the stop, and the block calls
+    ``raise_if_stopping`` where its state is whole (between training steps)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signals reach the main thread only; its own handler decides there
         return
@@ -223,7 +233,8 @@ def stop_on_signals(prog: str, resume: str) -> Iterator[None]:
         if _stop.began.is_set():
             raise Stopped(signum)  # the second signal, or one a framework passed on after its own
         begin_stop(signum)
-        raise Stopped(signum)
+        if raise_now:
+            raise Stopped(signum)
 
     previous = {s: signal.signal(s, handler) for s in EXIT_CODES}
     try:

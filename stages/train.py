@@ -33,7 +33,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import capture_rng_state, load_model, restore_rng_state, save_checkpoint
-from stages import train_report
+from stages import stopping, train_report
 from stages import train_utils as tu
 from stages.common import load_params_or_exit, progress_enabled
 from stages.dataset import PairDataset, StepSampler, TileDataset
@@ -165,6 +165,10 @@ def _train(
             hist.best = [step, psnr, ssim]
             extra = {"psnr_y": psnr, "ssim_y": ssim, "hparams": hp}
             save_checkpoint(best, model, cfg, step=step, data_hash=hashes[0], extra=extra)
+        save_last(step)
+
+    def save_last(step: int) -> None:
+        """last.pt at ``step``: what a resumed run needs (the data order is a function of the step)."""
         hist.seconds = seconds_before + time.perf_counter() - t_start
         extra = {**hist.to_extra(), "hparams": hp, "val_hash": hashes[1]}
         save_checkpoint(
@@ -195,28 +199,35 @@ def _train(
         t_seg = time.perf_counter()
         # Without a terminal there is no bar: a line a minute says how far the run is instead.
         beat = tu.Heartbeat(p.iterations, hist.step, enabled=bar.disable and rt.is_main)
-        for lr_img, hr_img in loader:
-            lr_img = rt.to_device(lr_img)  # (B, 3, h, w)
-            hr_img = rt.to_device(hr_img)  # (B, 3, h*s, w*s)
-            with rt.autocast():
-                sr = net(lr_img)  # (B, 3, h*s, w*s)
-            loss = tu.charbonnier(sr.float(), hr_img, p.charbonnier_eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            lr_now = opt.param_groups[0]["lr"]
-            opt.step()
-            sched.step()
-            hist.step += 1
-            hist.loss.append((loss.item(), lr_now))
-            tracker.log_metrics({"loss": hist.loss[-1][0], "lr": lr_now}, hist.step)
-            bar.set_postfix(loss=f"{hist.loss[-1][0]:.4f}", refresh=False)
-            bar.update(1)
-            beat.tick(hist.step, hist.loss[-1][0])
-            if hist.step % p.val_every == 0 or hist.step == p.iterations:
-                hist.train_seconds += time.perf_counter() - t_seg
-                if rt.is_main:
-                    checkpoint(hist.step)
-                t_seg = time.perf_counter()
+        try:
+            for lr_img, hr_img in loader:
+                stopping.raise_if_stopping()  # between steps, where the state is whole
+                lr_img = rt.to_device(lr_img)  # (B, 3, h, w)
+                hr_img = rt.to_device(hr_img)  # (B, 3, h*s, w*s)
+                with rt.autocast():
+                    sr = net(lr_img)  # (B, 3, h*s, w*s)
+                loss = tu.charbonnier(sr.float(), hr_img, p.charbonnier_eps)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                lr_now = opt.param_groups[0]["lr"]
+                opt.step()
+                sched.step()
+                hist.step += 1
+                hist.loss.append((loss.item(), lr_now))
+                tracker.log_metrics({"loss": hist.loss[-1][0], "lr": lr_now}, hist.step)
+                bar.set_postfix(loss=f"{hist.loss[-1][0]:.4f}", refresh=False)
+                bar.update(1)
+                beat.tick(hist.step, hist.loss[-1][0])
+                if hist.step % p.val_every == 0 or hist.step == p.iterations:
+                    hist.train_seconds += time.perf_counter() - t_seg
+                    if rt.is_main:
+                        checkpoint(hist.step)
+                    t_seg = time.perf_counter()
+        except stopping.Stopped:
+            if rt.is_main and hist.step > 0:
+                save_last(hist.step)  # no validation: the stop must be quick
+                log.info("stopped at step %d; %s holds it", hist.step, last)
+            raise
         bar.close()
         if hist.step != p.iterations:
             raise RuntimeError(f"the data loader stopped at step {hist.step} of {p.iterations}")
@@ -285,7 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params_or_exit(args.params, args.set)
     tp = params.train if args.init is None else dataclasses.replace(params.train, init=args.init)
     tracker = make_tracker(not args.no_track and params.tracking.enabled and main_rank)
-    run(tp, args.train, args.val, args.out, tracker, metrics_path=args.metrics, plots_dir=args.plots)
+    resume = f"{args.out}/last.pt holds the last step; run the same command to resume"
+    try:
+        with stopping.stop_on_signals("remaster train", resume, raise_now=False):
+            run(tp, args.train, args.val, args.out, tracker, metrics_path=args.metrics, plots_dir=args.plots)
+    except stopping.Stopped as e:
+        return e.exit_code
     return 0
 
 
