@@ -21,7 +21,7 @@ from prefect import flow, get_client, task
 from prefect.context import TaskRunContext
 
 from flows.runners import RUNNERS, flow_mapper, make_task_runner
-from stages import evaluate, ingest, pack, tile, train
+from stages import evaluate, ingest, pack, stopping, tile, train
 from stages.common import quiet_environment, setup_logging
 from stages.params import as_dict, load_params
 from stages.tracking import Tracker, make_tracker
@@ -199,7 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.runner == "dask":
         runner: Any = make_task_runner("dask", args.dask_address, args.workers)
         pipeline = train_pipeline.with_options(task_runner=runner)
-    pipeline(args.params, args.overrides, args.source, args.data_dir, args.runs_dir)
+    resume = (
+        f"each finished stage's outputs stay and training resumes from {args.runs_dir}/last.pt; run it again"
+    )
+    try:
+        with stopping.stop_on_signals("remaster pipeline", resume):
+            pipeline(args.params, args.overrides, args.source, args.data_dir, args.runs_dir)
+    except BaseException as e:  # Stopped, or Prefect's own exception for the signal
+        if (code := stopping.exit_code_of(e)) is not None:
+            return code
+        raise
     return 0
 
 

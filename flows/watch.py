@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.remaster import add_settings, settings, with_workers
+from stages import stopping
 from stages.common import prepare, stage_parser
 from stages.fsutil import write_json
 
@@ -38,12 +39,8 @@ def load_state(out_dir: Path) -> dict[str, Any]:
 
 
 def candidates(inbox: Path) -> list[Path]:
-    """Video files in ``inbox`` (not hidden: a copy tool's temporary names usually are)."""
-    return sorted(
-        p
-        for p in inbox.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in VIDEO_SUFFIXES
-    )
+    """Files in ``inbox``, not hidden (a copy tool's temporary names usually are)."""
+    return sorted(p for p in inbox.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def watch(
@@ -70,6 +67,13 @@ def watch(
             except FileNotFoundError:
                 continue  # moved away between the listing and now
             if state.get(path.name, {}).get("fingerprint") == fp:
+                continue
+            if path.suffix.lower() not in VIDEO_SUFFIXES:  # recorded once, so the user sees why
+                state[path.name] = {"fingerprint": fp, "status": "skipped", "error": "not a video file name"}
+                write_json(out_dir / STATE, state)
+                log.warning(
+                    "watch: %s skipped: not a video file name (%s)", path, ", ".join(sorted(VIDEO_SUFFIXES))
+                )
                 continue
             prev, polls = seen.get(path.name, ("", 0))
             polls = polls + 1 if prev == fp else 1
@@ -112,21 +116,19 @@ def main(argv: list[str] | None = None) -> int:
     params, tracker = prepare(args)
     p = settings(params.remaster, args)
     remaster = with_workers(p)
+    resume = f"what is done is recorded in {args.out / STATE}; run the same command to go on"
 
     def process(src: Path, dst: Path) -> dict[str, Any]:
         return dict(remaster(str(src), str(dst), p, True, None, tracker))
 
-    done = watch(
-        args.inbox,
-        args.out,
-        process,
-        suffix=f"_x{p.scale}.mkv",
-        interval=args.interval,
-        settle=args.settle,
-        once=args.once,
-    )
+    try:
+        with stopping.stop_on_signals("remaster watch", resume):
+            done = watch(args.inbox, args.out, process, suffix=f"_x{p.scale}.mkv", interval=args.interval,
+                         settle=args.settle, once=args.once)  # fmt: skip
+    except stopping.Stopped as e:
+        return e.exit_code
     state = load_state(args.out)
-    failed = [name for name in done if state[name]["status"] != "done"]
+    failed = [name for name in done if state[name]["status"] == "failed"]
     return 1 if failed else 0
 
 

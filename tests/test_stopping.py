@@ -233,3 +233,52 @@ def test_media_roots_refuse_paths_outside_them(tmp_path: Path) -> None:
     for bad in (tmp_path / "a.mkv", inside / ".." / "a.mkv", inside / "escape" / "a.mkv"):
         with pytest.raises(PermissionError, match=r"is outside remaster.media_roots"):
             check_roots(p, [inside / "in" / "ok.mkv", bad])
+
+
+def test_watch_records_every_bad_file_and_goes_on(api_url: str, small: dict, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from flows import remaster, watch
+    from stages.params import RemasterParams
+
+    cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
+    save_checkpoint(tmp_path / "tiny.pt", A2N(cfg), cfg)
+    p = RemasterParams(
+        scale=2, model=str(tmp_path / "tiny.pt"), segment_seconds=0, preset="ultrafast", workers=1
+    )
+    flow = remaster.with_workers(p)
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    shutil.copy(small["src"], inbox / "a_good.mkv")
+    shutil.copy(small["src"], inbox / "b_vanishes.mkv")
+    (inbox / "c_text.mp4").write_text("not a video at all\n")
+    (inbox / "d_notes.txt").write_text("episode list\n")
+    growing = inbox / "e_growing.mkv"
+    growing.write_bytes(small["src"].read_bytes()[:1000])
+
+    def process(src: Path, dst: Path) -> dict:
+        if src.name == "b_vanishes.mkv":
+            src.unlink()  # gone between the listing and the run
+        return dict(flow(str(src), str(dst), p, True))
+
+    polls = []
+
+    def sleep(_: float) -> None:  # a copy still going on for the first polls, then done
+        polls.append(1)
+        if len(polls) < 4:
+            with open(growing, "ab") as f:
+                f.write(b"\0" * 1000)
+        elif len(polls) == 4:
+            shutil.copy(small["src"], growing)
+
+    handled = watch.watch(inbox, out, process, interval=0, settle=2, once=True, sleep=sleep)
+    state = json.loads((out / watch.STATE).read_text())
+    status = {name: entry["status"] for name, entry in state.items()}
+    assert status == {"a_good.mkv": "done", "b_vanishes.mkv": "failed", "c_text.mp4": "failed",
+                      "d_notes.txt": "skipped", "e_growing.mkv": "done"}  # fmt: skip
+    assert state["b_vanishes.mkv"]["error"].endswith("b_vanishes.mkv: no such file")
+    assert "c_text.mp4" in state["c_text.mp4"]["error"]
+    assert handled.count("e_growing.mkv") == 1 and len(polls) >= 4  # taken only once it settled
+    assert media.count_packets(out / "e_growing_remastered.mkv") == 24
+    assert not stopping.live_children()
