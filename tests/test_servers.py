@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -213,8 +214,54 @@ def test_remaster_deployment_on_a_real_prefect_server(prefect_server: dict[str, 
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:] + log.read_text()[-3000:]
         assert "Completed" in run.stdout
         _assert_remastered(params)
+        _cancel_a_busy_run(tmp_path, env, serve.pid)
     finally:
         _stop(serve)
+
+
+def _cancel_a_busy_run(tmp_path: Path, env: dict[str, str], serve_pid: int) -> None:
+    """A run cancelled through the API while it upscales ends Cancelled, with no ffmpeg left."""
+    from models.a2n import A2N, A2NConfig
+    from models.checkpoint import save_checkpoint
+    from stages.demo import write_clip
+    from stages.stopping import descendants
+
+    cfg = A2NConfig(scale=2, n_feat=16, n_up_feat=16, n_blocks=4)
+    save_checkpoint(tmp_path / "slow.pt", A2N(cfg), cfg)
+    clip = write_clip(tmp_path / "long.mp4", seconds=4.0, width=320, height=240)
+    settings = {"scale": 2, "model": str(tmp_path / "slow.pt"), "segment_seconds": 0, "preset": "ultrafast"}
+    params = {"input_path": str(clip), "output_path": str(tmp_path / "long_x2.mkv"), "params": settings}
+    api = env["PREFECT_API_URL"]
+    root = Path(__file__).resolve().parents[1]
+    cmd = [str(BIN / "prefect"), "deployment", "run", "remaster-episode/test", "--params", json.dumps(params)]
+    started = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout)
+    assert run_id, started.stdout + started.stderr
+    deadline = time.monotonic() + 180
+    ffmpegs: list[int] = []
+    while not ffmpegs:  # busy: its decoder and encoder run
+        assert time.monotonic() < deadline, "the run never started upscaling"
+        ffmpegs = [
+            p
+            for p in descendants(serve_pid)
+            if "ffmpeg" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+        ]
+        time.sleep(0.2)
+    time.sleep(1.0)
+    cancel = subprocess.run([str(BIN / "prefect"), "flow-run", "cancel", run_id.group(1)], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    state = ""
+    deadline = time.monotonic() + 60
+    while state != "CANCELLED":
+        assert time.monotonic() < deadline, f"still {state} a minute after the cancel"
+        state = _get(f"{api}/flow_runs/{run_id.group(1)}")["state"]["type"]
+        time.sleep(0.5)
+    time.sleep(1.0)
+    alive = [p for p in ffmpegs if Path(f"/proc/{p}").exists()
+             and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]  # fmt: skip
+    assert not alive, f"ffmpeg {alive} outlived the cancelled run"
+    assert not Path(params["output_path"]).exists()
 
 
 @pytest.mark.slow
