@@ -67,6 +67,7 @@ def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], limit: float =
         (signal.SIGTERM, 143, "in the model"),
         (signal.SIGINT, 130, "in the model"),
         (signal.SIGTERM, 143, "splitting"),
+        (signal.SIGINT, 130, "joining"),
     ],
 )
 def test_a_signal_stops_the_run_within_10_s_and_it_resumes(
@@ -78,6 +79,8 @@ def test_a_signal_stops_the_run_within_10_s_and_it_resumes(
     try:
         if when == "splitting":
             wait_for(log, "Beginning flow run", proc)
+        elif when == "joining":  # the last segment is done: concat, mux and verify follow
+            wait_for(log, "upscale-segment-3' - Finished", proc)
         else:
             wait_for(log, "to upscale", proc)
             time.sleep(1.0)
@@ -108,6 +111,13 @@ def test_a_signal_stops_the_run_within_10_s_and_it_resumes(
         assert again.returncode == 0, logs[-3000:]
         assert f"4 segments: {len(finished)} reused from an earlier run" in logs
         assert out.exists() and media.count_packets(out) == 48 and "verified: frames ok" in logs
+
+
+def test_a_truncated_source_is_refused_with_the_reason(small: dict, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(small["src"].read_bytes()[: small["src"].stat().st_size // 2])
+    with pytest.raises(media.VideoError, match=r"cut.mkv: truncated or damaged: \d+ frames decode"):
+        media.probe(cut)
 
 
 def test_children_are_terminated_and_reaped_and_a_stop_refuses_new_ones() -> None:
