@@ -92,7 +92,8 @@ def test_dvc_repro_runs_the_demo_end_to_end_then_has_nothing_to_do(project: Path
 
 @pytest.mark.slow
 def test_dvc_exp_run_is_found_in_mlflow_by_its_name(project: Path, tmp_path: Path) -> None:
-    """`dvc exp run -S ...` trains with the override and its MLflow run carries the exp name."""
+    """`dvc exp run -S ...` trains with the override and its MLflow run carries the exp name; the
+    experiment packs realistic LR, trains on it and evaluates under libx264, end to end."""
     import mlflow
 
     env = {**_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'exp.db'}"}
@@ -106,9 +107,15 @@ def test_dvc_exp_run_is_found_in_mlflow_by_its_name(project: Path, tmp_path: Pat
         "train.lr=0.001",
         "-S",
         "tracking.enabled=true",
+        *("-S", "pack.degradation=realistic", "-S", "train.degradation=realistic"),
+        *("-S", "evaluate.degrade='x264:crf=23'"),  # Hydra's grammar: quote a value with '='
     ]
-    run = subprocess.run([*cmd, "train"], cwd=project, env=env, capture_output=True, text=True)
+    run = subprocess.run([*cmd, "evaluate"], cwd=project, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    with h5py.File(project / "data/packed/train.h5") as f:
+        assert f.attrs["degradation"] == "realistic" and f["lr_x4_real"].shape == (18, 60, 60, 3)
+    scores = json.loads((project / "metrics/eval.json").read_text())
+    assert scores["degradation"] == "x264:crf=23" and scores["val"]["n_images"] == 9
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("training")
     assert exp is not None
