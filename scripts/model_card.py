@@ -12,6 +12,7 @@ import argparse
 import json
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,15 @@ def _table(ours: dict[str, Any], ref: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def files_table(pattern: str) -> list[str]:
+    """The card's Files section for the x2 and x4 files named by ``pattern`` ({s}: the scale)."""
+    out = ["", "## Files", "", "| file | bytes | sha256 |", "| --- | ---: | --- |"]
+    for s in (2, 4):
+        f = WEIGHTS / pattern.format(s=s)
+        out.append(f"| `{f.name}` | {f.stat().st_size:,} | `{sha256_file(f)[:16]}...` |")
+    return [*out, ""]
+
+
 def card(work: Path, machine: str) -> str:
     ingest, tiles = _json(work / "data/ingested/summary.json"), _json(work / "data/tiles/summary.json")
     held_out = sorted(p.name for p in (work / "test_hr").iterdir())
@@ -83,17 +93,7 @@ def card(work: Path, machine: str) -> str:
         "blocks), fp32 safetensors with the config in the metadata. Trained from scratch by",
         "`scripts/train_shipped.sh` with the project's own stages; this card was written by",
         "`scripts/model_card.py` from that run's files.",
-        "",
-        "## Files",
-        "",
-        "| file | bytes | sha256 |",
-        "| --- | ---: | --- |",
-    ]
-    for s in (2, 4):
-        f = WEIGHTS / f"a2n_anime_x{s}.safetensors"
-        out.append(f"| `{f.name}` | {f.stat().st_size:,} | `{sha256_file(f)[:16]}...` |")
-    out += [
-        "",
+        *files_table("a2n_anime_x{s}.safetensors"),
         "## Data",
         "",
         f"- **Training:** {ingest['ok']} images through `ingest`, `tile` (480 px, stride 200) and",
@@ -150,14 +150,19 @@ def card(work: Path, machine: str) -> str:
     return "\n".join(out)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_card(description: str, name: str, make: Callable[[Path, str], str]) -> int:
+    """The command line of a card script: WORKDIR [--machine TEXT] -> models/weights/``name``."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("work", type=Path)
     ap.add_argument("--machine", default=f"{_cpu()}, CPU only, torch fp32 channels_last")
     args = ap.parse_args()
-    write_text(WEIGHTS / "MODEL_CARD.md", card(args.work, args.machine))
-    print(f"wrote {WEIGHTS / 'MODEL_CARD.md'}")
+    write_text(WEIGHTS / name, make(args.work, args.machine))
+    print(f"wrote {WEIGHTS / name}")
     return 0
+
+
+def main() -> int:
+    return write_card(__doc__.splitlines()[0], "MODEL_CARD.md", card)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from the weight files, so the card cannot drift from what was measured.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -19,8 +18,7 @@ import h5py
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.model_card import _cpu, _json, _train_rows  # noqa: E402
-from stages.fsutil import sha256_file, write_text  # noqa: E402
+from scripts.model_card import _json, _train_rows, files_table, write_card  # noqa: E402
 
 WEIGHTS = ROOT / "models" / "weights"
 SETS = {
@@ -78,17 +76,7 @@ def card(work: Path, machine: str) -> str:
         "removed rather than upscaled. Images keep the clean weights (`remaster upscale`, `--model",
         "clean`): on clean LR they stay ahead (the `bicubic` rows below). Written by",
         "`scripts/video_card.py` from the runs of `scripts/train_video.sh` and `scripts/score_video.sh`.",
-        "",
-        "## Files",
-        "",
-        "| file | bytes | sha256 |",
-        "| --- | ---: | --- |",
-    ]
-    for s in (2, 4):
-        f = WEIGHTS / f"a2n_anime_video_x{s}.safetensors"
-        out.append(f"| `{f.name}` | {f.stat().st_size:,} | `{sha256_file(f)[:16]}...` |")
-    out += [
-        "",
+        *files_table("a2n_anime_video_x{s}.safetensors"),
         "## Data",
         "",
         f"- **Training:** {ingest['ok']} images (the shared anime frames of `anime_hr` and",
@@ -141,13 +129,7 @@ def card(work: Path, machine: str) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("work", type=Path)
-    ap.add_argument("--machine", default=f"{_cpu()}, CPU only, torch fp32 channels_last")
-    args = ap.parse_args()
-    write_text(WEIGHTS / "MODEL_CARD_video.md", card(args.work, args.machine))
-    print(f"wrote {WEIGHTS / 'MODEL_CARD_video.md'}")
-    return 0
+    return write_card(__doc__.splitlines()[0], "MODEL_CARD_video.md", card)
 
 
 if __name__ == "__main__":
