@@ -280,24 +280,22 @@ def upscale_segment(
         out = upscale(np.stack(todo)) if todo else None  # (N, H*s, W*s, 3)
         if out is not None and (out.shape != (len(todo), h * scale, w * scale, 3) or out.dtype != np.uint8):
             raise RuntimeError(f"the upscaler gave {out.shape} {out.dtype} for {len(todo)} frames of {w}x{h}")
-        frames = []
+        n = len(order)
         for j in order:
             if j is not None:
                 assert out is not None
-                last[:] = [out[j]]
-            frames.append(last[0])
+                last[:] = [np.ascontiguousarray(out[j])]  # (H*s, W*s, 3)
+            try:
+                encoder.stdin.write(last[0].data)
+            except BrokenPipeError:
+                return False  # the encoder died: its exit status and stderr say why
+            if keep_frames is not None:
+                save_frames(keep_frames, seg.first + done, last[0][None])
+            done += 1
         order.clear()
         todo.clear()
-        data = np.ascontiguousarray(np.stack(frames))  # (N, H*s, W*s, 3)
-        try:
-            encoder.stdin.write(data.data)
-        except BrokenPipeError:
-            return False  # the encoder died: its exit status and stderr say why
-        if keep_frames is not None:
-            save_frames(keep_frames, seg.first + done, data)
-        done += len(frames)
         if progress is not None:
-            progress(len(frames), computed)
+            progress(n, computed)
         return True
 
     # stderr goes to files: a full stderr pipe would block ffmpeg while we wait on its stdout
