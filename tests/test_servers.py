@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -64,7 +65,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the group may have ended already
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
@@ -215,12 +217,14 @@ def test_remaster_deployment_on_a_real_prefect_server(prefect_server: dict[str, 
         assert "Completed" in run.stdout
         _assert_remastered(params)
         _cancel_a_busy_run(tmp_path, env, serve.pid)
+        _sigterm_a_busy_serve(tmp_path, env, serve)
     finally:
         _stop(serve)
 
 
-def _cancel_a_busy_run(tmp_path: Path, env: dict[str, str], serve_pid: int) -> None:
-    """A run cancelled through the API while it upscales ends Cancelled, with no ffmpeg left."""
+def _busy_run(tmp_path: Path, env: dict[str, str], serve_pid: int, name: str) -> tuple[str, list[int], Path]:
+    """Start a remaster-episode run that takes a while; once it upscales: (run id, its ffmpeg pids,
+    its output path)."""
     from models.a2n import A2N, A2NConfig
     from models.checkpoint import save_checkpoint
     from stages.demo import write_clip
@@ -228,10 +232,10 @@ def _cancel_a_busy_run(tmp_path: Path, env: dict[str, str], serve_pid: int) -> N
 
     cfg = A2NConfig(scale=2, n_feat=16, n_up_feat=16, n_blocks=4)
     save_checkpoint(tmp_path / "slow.pt", A2N(cfg), cfg)
-    clip = write_clip(tmp_path / "long.mp4", seconds=4.0, width=320, height=240)
+    clip = write_clip(tmp_path / f"{name}.mp4", seconds=4.0, width=320, height=240)
     settings = {"scale": 2, "model": str(tmp_path / "slow.pt"), "segment_seconds": 0, "preset": "ultrafast"}
-    params = {"input_path": str(clip), "output_path": str(tmp_path / "long_x2.mkv"), "params": settings}
-    api = env["PREFECT_API_URL"]
+    out = tmp_path / f"{name}_x2.mkv"
+    params = {"input_path": str(clip), "output_path": str(out), "params": settings}
     root = Path(__file__).resolve().parents[1]
     cmd = [str(BIN / "prefect"), "deployment", "run", "remaster-episode/test", "--params", json.dumps(params)]
     started = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
@@ -241,27 +245,61 @@ def _cancel_a_busy_run(tmp_path: Path, env: dict[str, str], serve_pid: int) -> N
     ffmpegs: list[int] = []
     while not ffmpegs:  # busy: its decoder and encoder run
         assert time.monotonic() < deadline, "the run never started upscaling"
-        ffmpegs = [
-            p
-            for p in descendants(serve_pid)
-            if "ffmpeg" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
-        ]
+        ffmpegs = [p for p in descendants(serve_pid) if b"ffmpeg" in _cmdline(p)]
         time.sleep(0.2)
     time.sleep(1.0)
-    cancel = subprocess.run([str(BIN / "prefect"), "flow-run", "cancel", run_id.group(1)], cwd=root, env=env,
+    return run_id.group(1), ffmpegs, out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _running(pids: list[int]) -> list[int]:
+    """The pids still running (zombies do not count)."""
+    alive = []
+    for p in pids:
+        try:
+            if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.append(p)
+        except (OSError, IndexError):
+            pass
+    return alive
+
+
+def _cancel_a_busy_run(tmp_path: Path, env: dict[str, str], serve_pid: int) -> None:
+    """A run cancelled through the API while it upscales ends Cancelled, with no ffmpeg left."""
+    run_id, ffmpegs, out = _busy_run(tmp_path, env, serve_pid, "cancelled")
+    root = Path(__file__).resolve().parents[1]
+    cancel = subprocess.run([str(BIN / "prefect"), "flow-run", "cancel", run_id], cwd=root, env=env,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert cancel.returncode == 0, cancel.stdout + cancel.stderr
     state = ""
     deadline = time.monotonic() + 60
     while state != "CANCELLED":
         assert time.monotonic() < deadline, f"still {state} a minute after the cancel"
-        state = _get(f"{api}/flow_runs/{run_id.group(1)}")["state"]["type"]
+        state = _get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}")["state"]["type"]
         time.sleep(0.5)
     time.sleep(1.0)
-    alive = [p for p in ffmpegs if Path(f"/proc/{p}").exists()
-             and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]  # fmt: skip
-    assert not alive, f"ffmpeg {alive} outlived the cancelled run"
-    assert not Path(params["output_path"]).exists()
+    assert not _running(ffmpegs), "an ffmpeg outlived the cancelled run"
+    assert not out.exists()
+
+
+def _sigterm_a_busy_serve(tmp_path: Path, env: dict[str, str], serve: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to `remaster serve` while a run upscales: it ends within 10 s, and its run's
+    ffmpeg children with it."""
+    _, ffmpegs, out = _busy_run(tmp_path, env, serve.pid, "terminated")
+    sent = time.monotonic()
+    serve.send_signal(signal.SIGTERM)
+    serve.wait(timeout=30)
+    took = time.monotonic() - sent
+    time.sleep(1.0)
+    assert took < 10, f"remaster serve took {took:.1f} s to stop"
+    assert not _running(ffmpegs), "an ffmpeg outlived remaster serve"
+    assert not out.exists()
 
 
 @pytest.mark.slow
