@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=$(realpath -m "$1")
 X2_ITERS=${2:-1600}
-X4_ITERS=${3:-1200}
+X4_ITERS=${3:-600}
 BATCH=${BATCH:-16}
 CLEAN=${CLEAN:-0.4}
 LR=${LR:-0.0002}
@@ -43,7 +43,7 @@ train=(-S train.batch_size="$BATCH" -S train.schedule=cosine -S train.lr="$LR" -
        -S train.clean_fraction="$CLEAN")
 $PY -m stages.train "${train[@]}" -S train.iterations="$X2_ITERS" -S train.val_every=400 -S train.scale=2 -S train.hr_crop=96 \
   --init models/weights/a2n_anime_x2.safetensors "${data[@]}" --out "$WORK/runs/x2" --metrics "$WORK/metrics/x2.json" --plots "$WORK/plots/x2"
-$PY -m stages.train "${train[@]}" -S train.iterations="$X4_ITERS" -S train.val_every=400 -S train.scale=4 -S train.hr_crop=128 \
+$PY -m stages.train "${train[@]}" -S train.iterations="$X4_ITERS" -S train.val_every=300 -S train.scale=4 -S train.hr_crop=128 \
   --init models/weights/a2n_anime_x4.safetensors "${data[@]}" --out "$WORK/runs/x4" --metrics "$WORK/metrics/x4.json" --plots "$WORK/plots/x4"
 
 for s in 2 4; do
