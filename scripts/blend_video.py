@@ -1,0 +1,77 @@
+"""Blend the fine-tuned video weights with the clean ones, choosing the mix on the val tiles.
+
+    .venv/bin/python scripts/blend_video.py WORKDIR --scale 2 [--max-clean-loss 1.0]
+
+A model fine-tuned on degraded LR removes codec artifacts but smooths clean input. Interpolating
+the two networks' weights (Wang et al., "Deep Network Interpolation", CVPR 2019), w = a * video +
+(1 - a) * clean, moves between the two. For each ``a`` in the grid this scores the blend on the
+packed val tiles with their realistic LR and with their clean LR, keeps the largest realistic
+score among the blends that lose at most ``--max-clean-loss`` dB on the clean LR against the
+clean weights, and writes models/weights/a2n_anime_video_x{s}.safetensors. The val tiles come
+from the training images' held-out split, never from the test images, so the choice sees no
+test frame. The table it prints is kept beside the run (WORKDIR/blend_x{s}.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.checkpoint import load_model  # noqa: E402
+from stages import train_utils as tu  # noqa: E402
+from stages.dataset import TileDataset  # noqa: E402
+from stages.export import export_safetensors  # noqa: E402
+from stages.fsutil import write_json  # noqa: E402
+from stages.inference import default_weights  # noqa: E402
+
+GRID = (0.0, 0.3, 0.5, 0.7, 1.0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("work", type=Path)
+    ap.add_argument("--scale", type=int, required=True)
+    ap.add_argument("--max-clean-loss", type=float, default=1.0, help="dB on clean LR (default: %(default)s)")
+    args = ap.parse_args()
+    s = args.scale
+    with tu.runtime() as rt:
+        clean, _, _ = load_model(default_weights(s))
+        tuned, _, info = load_model(args.work / f"runs/x{s}/best.pt")
+        val = args.work / "data/packed/val.h5"
+        sets = {"realistic": TileDataset(val, s, "realistic"), "clean": TileDataset(val, s, "bicubic")}
+        sd_c, sd_v = clean.state_dict(), tuned.state_dict()
+        rows = []
+        for a in GRID:
+            model, _, _ = load_model(default_weights(s))
+            model.load_state_dict({k: a * sd_v[k] + (1 - a) * sd_c[k] for k in sd_c})
+            model.to(rt.device, memory_format=rt.memory_format)  # type: ignore[call-overload]
+            scores = {name: tu.validate(model, tiles, s, rt)[0] for name, tiles in sets.items()}
+            rows.append({"alpha": a, **scores})
+            print(
+                f"x{s} a={a:.1f}: realistic {scores['realistic']:.3f} dB, clean {scores['clean']:.3f} dB",
+                flush=True,
+            )
+    floor = rows[0]["clean"] - args.max_clean_loss  # a = 0 is the clean weights themselves
+    best = max((r for r in rows if r["clean"] >= floor), key=lambda r: r["realistic"])
+    a = best["alpha"]
+    blended, _, _ = load_model(default_weights(s))
+    blended.load_state_dict({k: a * sd_v[k] + (1 - a) * sd_c[k] for k in sd_c})
+    dst = default_weights(s, "video")
+    source = f"{a:g} x {info.get('path')} + {1 - a:g} x {default_weights(s).name}"
+    export_safetensors(blended, dst, source=source, step=info.get("step"), data_hash=info.get("data_hash"))
+    write_json(
+        args.work / f"blend_x{s}.json", {"chosen": a, "max_clean_loss": args.max_clean_loss, "grid": rows}
+    )
+    print(f"x{s}: a = {a:g} -> {dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    with torch.inference_mode():
+        raise SystemExit(main())
