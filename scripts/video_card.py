@@ -97,7 +97,11 @@ def card(work: Path, machine: str) -> str:
         "",
         f"Hardware: {machine}. Each scale starts from the shipped clean weights of that scale (our",
         "own; never the authors') and learns from the degraded LR, with a share of samples on the",
-        "clean LR (`train.clean_fraction`), so clean input keeps most of its quality.",
+        "clean LR (`train.clean_fraction`). The fine-tuned network alone smooths clean input, so the",
+        "shipped file blends it with the clean weights (`scripts/blend_video.py`, network",
+        "interpolation): w = a x fine-tuned + (1 - a) x clean, with `a` the best realistic val score",
+        "among the blends that lose at most 1 dB on clean val LR. The val tiles are the training",
+        "images' held-out split, so no test frame chose `a`.",
         "",
         "| scale | iterations | batch | HR crop | lr, schedule | clean share | wall time "
         "| val Y-PSNR, degraded LR (bicubic) |",
@@ -111,6 +115,13 @@ def card(work: Path, machine: str) -> str:
             f"| x{s} | {t['step']} | {t['batch']} | {t['crop']} | {t['lr']}, {t['schedule']} | {share} "
             f"| {t['hours']:.2f} h | {val:.2f} dB at step {at} ({bic:.2f}) |"
         )
+    out += ["", "Val Y-PSNR (dB) of each blend, on the val tiles' realistic and clean LR:", ""]
+    out += ["| scale | a | realistic LR | clean LR | chosen |", "| --- | ---: | ---: | ---: | --- |"]
+    for s in (2, 4):
+        blend = _json(work / f"blend_x{s}.json")
+        for r in blend["grid"]:
+            mark = "yes" if r["alpha"] == blend["chosen"] else ""
+            out.append(f"| x{s} | {r['alpha']:g} | {r['realistic']:.2f} | {r['clean']:.2f} | {mark} |")
     out += [
         "",
         "## Quality on frames never trained on",

@@ -12,6 +12,11 @@ be interrupted; if the process has not ended ``GRACE`` seconds after the signal,
 terminates every descendant process and ends it with the signal's exit status (130 for SIGINT,
 143 for SIGTERM). Finished segments and checkpoints are written atomically, so either way what
 was finished stays and nothing half-written looks finished.
+
+While a Prefect flow runs, Prefect swaps in its own SIGTERM handler, which raises its own
+exception in the main thread (and passes the signal on to ours only once the flow has wound
+down). ``children_end_with_the_block`` wraps a run's body so that this exception, like any
+other, begins the stop right away.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-GRACE = 7.0  # seconds from the signal to a forced exit; the issue's bound is 10
+GRACE = 7.0  # seconds from the signal to a forced exit, inside the 10 s a stop may take
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 _children: set[subprocess.Popen[Any]] = set()
