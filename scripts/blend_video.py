@@ -4,7 +4,7 @@
 
 A model fine-tuned on degraded LR removes codec artifacts but smooths clean input. Interpolating
 the two networks' weights (Wang et al., "Deep Network Interpolation", CVPR 2019), w = a * video +
-(1 - a) * clean, moves between the two. For each ``a`` in the grid this scores the blend on the
+(1 - a) * clean, moves between the two. For each ``a`` in the grid this scores the blend on every third of the
 packed val tiles with their realistic LR and with their clean LR, keeps the largest realistic
 score among the blends that lose at most ``--max-clean-loss`` dB on the clean LR against the
 clean weights, and writes models/weights/a2n_anime_video_x{s}.safetensors. The val tiles come
@@ -33,18 +33,34 @@ from stages.inference import default_weights  # noqa: E402
 GRID = (0.0, 0.3, 0.5, 0.7, 1.0)
 
 
+class Subset(TileDataset):
+    """Every ``every``-th tile of a val set: the sweep scores many blends."""
+
+    def __init__(self, tiles: TileDataset, every: int) -> None:
+        self.packed = tiles.packed
+        self.index = list(range(0, len(tiles), every))
+        self._tiles = tiles
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        return self._tiles[self.index[i]]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work", type=Path)
     ap.add_argument("--scale", type=int, required=True)
     ap.add_argument("--max-clean-loss", type=float, default=1.0, help="dB on clean LR (default: %(default)s)")
+    ap.add_argument("--every", type=int, default=3, help="score every Nth val tile (default: %(default)s)")
     args = ap.parse_args()
     s = args.scale
     with tu.runtime() as rt:
         clean, _, _ = load_model(default_weights(s))
         tuned, _, info = load_model(args.work / f"runs/x{s}/best.pt")
         val = args.work / "data/packed/val.h5"
-        sets = {"realistic": TileDataset(val, s, "realistic"), "clean": TileDataset(val, s, "bicubic")}
+        sets = {kind: Subset(TileDataset(val, s, kind), args.every) for kind in ("realistic", "bicubic")}
         sd_c, sd_v = clean.state_dict(), tuned.state_dict()
         rows = []
         for a in GRID:
