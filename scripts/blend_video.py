@@ -4,10 +4,10 @@
 
 A model fine-tuned on degraded LR removes codec artifacts but smooths clean input. Interpolating
 the two networks' weights (Wang et al., "Deep Network Interpolation", CVPR 2019), w = a * video +
-(1 - a) * clean, moves between the two. For each ``a`` in the grid this scores the blend on every third of the
-packed val tiles with their realistic LR and with their clean LR, keeps the largest realistic
-score among the blends that lose at most ``--max-clean-loss`` dB on the clean LR against the
-clean weights, and writes models/weights/a2n_anime_video_x{s}.safetensors. The val tiles come
+(1 - a) * clean, moves between the two. For each ``a`` in the grid this scores the blend on
+every third of the packed val tiles, with their realistic LR and with their clean LR, keeps the
+largest realistic score among the blends that lose at most ``--max-clean-loss`` dB on the clean
+LR against the clean weights, and writes models/weights/a2n_anime_video_x{s}.safetensors. The val tiles come
 from the training images' held-out split, never from the test images, so the choice sees no
 test frame. The table it prints is kept beside the run (WORKDIR/blend_x{s}.json).
 """
