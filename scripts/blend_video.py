@@ -60,7 +60,8 @@ def main() -> int:
         clean, _, _ = load_model(default_weights(s))
         tuned, _, info = load_model(args.work / f"runs/x{s}/best.pt")
         val = args.work / "data/packed/val.h5"
-        sets = {kind: Subset(TileDataset(val, s, kind), args.every) for kind in ("realistic", "bicubic")}
+        sets = {name: Subset(TileDataset(val, s, kind), args.every)
+                for name, kind in (("realistic", "realistic"), ("clean", "bicubic"))}  # fmt: skip
         sd_c, sd_v = clean.state_dict(), tuned.state_dict()
         rows = []
         for a in GRID:
