@@ -220,7 +220,8 @@ def test_dvc_stage_command_scores_val_and_hr_dirs(
     assert main(argv[3:]) == 0
     declared = [next(iter(d)) if isinstance(d, dict) else d for d in stage["metrics"]]
     dvc_metrics = json.loads((tmp_path / declared[0]).read_text())
-    assert dvc_metrics["scale"] == 2 and set(dvc_metrics) == {"scale", "val", "test_HR"}
+    assert dvc_metrics["scale"] == 2 and set(dvc_metrics) == {"scale", "degradation", "val", "test_HR"}
+    assert dvc_metrics["degradation"] == "bicubic"
     assert dvc_metrics["val"]["n_images"] == 3 and dvc_metrics["test_HR"]["n_images"] == 1
     assert {"psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y", "gain_psnr_y"} <= set(dvc_metrics["val"])
     full = json.loads((tmp_path / "reports/eval/metrics.json").read_text())

@@ -164,7 +164,7 @@ def test_frames_are_batched_and_quantised(tmp_path: Path) -> None:
 def test_model_resolution_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         resolve_model_path(str(tmp_path / "missing.pt"), 2)
-    with pytest.raises(FileNotFoundError, match="no shipped weights for x3"):
+    with pytest.raises(FileNotFoundError, match="no shipped clean weights for x3"):
         resolve_model_path(None, 3)
 
 

@@ -177,7 +177,7 @@ def test_watch_once_remasters_a_dropped_file_once(
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     inbox.mkdir()
     shutil.copy(assets["episode"], inbox / "ep01.mkv")
-    (inbox / "notes.txt").write_text("not a video: ignored")
+    (inbox / "notes.txt").write_text("not a video: recorded as skipped, never run")
     argv = [
         str(inbox),
         "--out",
@@ -193,7 +193,10 @@ def test_watch_once_remasters_a_dropped_file_once(
     result = out / "ep01_x2.mkv"
     assert media.count_packets(result) == 48
     state = json.loads((out / watch.STATE).read_text())
-    assert list(state) == ["ep01.mkv"] and state["ep01.mkv"]["status"] == "done"
+    assert sorted(state) == ["ep01.mkv", "notes.txt"] and state["ep01.mkv"]["status"] == "done"
+    assert (
+        state["notes.txt"]["status"] == "skipped" and state["notes.txt"]["error"] == "not a video file name"
+    )
     made = result.stat().st_mtime_ns
     assert watch.main(argv) == 0  # a restart remembers what it did
     assert result.stat().st_mtime_ns == made
