@@ -22,7 +22,7 @@ from scripts.model_card import _json, _train_rows, files_table, write_card  # no
 
 WEIGHTS = ROOT / "models" / "weights"
 SETS = {
-    "test_hr": "7 held-out HD anime frames and a manga page",
+    "test_hr": "6 held-out HD anime frames and a manga-style page",
     "test_jjk": "7 frames of the 1080p JJK clip",
 }
 SPECS = {2: ("bicubic", "x264:crf=18", "x264:crf=23", "mpeg2:q=6"), 4: ("bicubic", "x264:crf=23")}
