@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stages.degradations import Degradation, degrade
 from stages.fsutil import display_path
-from stages.imaging import downscale, modcrop, to_rgb8
+from stages.imaging import modcrop, to_rgb8
 from stages.ingest import EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,7 @@ def folder_images(folder: Path, skipped: list[dict[str, str]]) -> Iterator[tuple
 
 def make_lr(hr: np.ndarray, scale: int, name: str, degradation: Degradation | None) -> np.ndarray:
     """The LR of ``hr``: the pack downsampler, or ``degradation`` (its noise seeded by the name)."""
-    if degradation is None or degradation.is_clean:
-        return downscale(hr, scale)
-    return degrade(hr, scale, degradation, seed=zlib.crc32(name.encode()))
+    return degrade(hr, scale, degradation or Degradation(), seed=zlib.crc32(name.encode()))
 
 
 def hr_folder_pairs(

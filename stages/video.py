@@ -179,10 +179,11 @@ RUN_TERMS_MAX = 24  # past this many runs, ffmpeg's expression parser may fail (
 def rounded_rate_expression(info: VideoInfo, seg: Segment) -> str | None:
     """For a source whose times are a constant rate rounded to its time base (Matroska's 1 ms at
     23.976 fps gives 42, 42, 41, 42, ... ms): frame k of the source at round(k * D), D = 1 / (rate
-    * tb), as one exact integer expression for ``seg``; None if no usual rate fits every frame."""
+    * tb), as one exact integer expression for ``seg``; None if no usual rate fits its frames."""
     if not info.pts:
         return None
-    rel = [p - info.pts[0] for p in info.pts]
+    first = seg.first
+    rel = [p - info.pts[0] for p in info.pts[first : first + seg.frames]]  # from the source's start
     for text in (info.r_frame_rate, info.avg_frame_rate, "24000/1001", "30000/1001", "60000/1001"):
         try:
             rate = Fraction(text)
@@ -192,10 +193,9 @@ def rounded_rate_expression(info: VideoInfo, seg: Segment) -> str | None:
             continue
         d = 1 / (rate * info.tb)
         num, den = d.numerator, d.denominator
-        if all((2 * k * num + den) // (2 * den) == r for k, r in enumerate(rel)):
-            f = seg.first
-            start = (2 * f * num + den) // (2 * den)
-            return f"floor((2*(N+{f})*{num}+{den})/{2 * den})-{start}"
+        if all((2 * k * num + den) // (2 * den) == r for k, r in enumerate(rel, start=first)):
+            start = (2 * first * num + den) // (2 * den)
+            return f"floor((2*(N+{first})*{num}+{den})/{2 * den})-{start}"
     return None
 
 
@@ -234,6 +234,12 @@ def encode_cmd(dst: Path, info: VideoInfo, seg: Segment, scale: int, enc: Encode
     return [*cmd, "-color_range", colour.range, "-f", "matroska", str(dst)]
 
 
+def decode_cmd(seg: Segment, info: VideoInfo, deinterlace: bool) -> list[str]:
+    """ffmpeg writing ``seg``'s frames to stdout as rgb24, as the upscaler sees them."""
+    cmd = [FFMPEG, *QUIET, "-noautorotate", "-i", seg.path, "-map", "0:v:0"]
+    return [*cmd, "-vf", decode_filters(info, deinterlace), "-fps_mode", "passthrough", "-f", "rawvideo", "-"]
+
+
 @dataclass(frozen=True)
 class SegmentResult:
     frames: int  # written to the encoder
@@ -270,8 +276,6 @@ def upscale_segment(
     most = max(4 * batch, 8)
     last: list[np.ndarray] = []  # the output of the last computed frame of an earlier flush
     done = 0
-    dec_cmd = [FFMPEG, *QUIET, "-noautorotate", "-i", seg.path, "-map", "0:v:0"]
-    dec_cmd += ["-vf", decode_filters(info, deinterlace), "-fps_mode", "passthrough", "-f", "rawvideo", "-"]
 
     def flush(encoder: subprocess.Popen[bytes]) -> bool:
         nonlocal done
@@ -300,7 +304,7 @@ def upscale_segment(
 
     # stderr goes to files: a full stderr pipe would block ffmpeg while we wait on its stdout
     with atomic_path(dst) as tmp, tempfile.TemporaryFile() as dec_err, tempfile.TemporaryFile() as enc_err:
-        dec = stopping.spawn(dec_cmd, stdout=subprocess.PIPE, stderr=dec_err)
+        dec = stopping.spawn(decode_cmd(seg, info, deinterlace), stdout=subprocess.PIPE, stderr=dec_err)
         encoder = stopping.spawn(
             encode_cmd(tmp, info, seg, scale, enc), stdin=subprocess.PIPE, stderr=enc_err
         )
@@ -362,10 +366,8 @@ def count_held(
     frames = computed = 0
     for seg in segments:
         held = HeldFrames(reuse)
-        cmd = [FFMPEG, *QUIET, "-noautorotate", "-i", seg.path, "-map", "0:v:0"]
-        cmd += ["-vf", decode_filters(info, deinterlace), "-fps_mode", "passthrough", "-f", "rawvideo", "-"]
         with tempfile.TemporaryFile() as err:
-            dec = stopping.spawn(cmd, stdout=subprocess.PIPE, stderr=err)
+            dec = stopping.spawn(decode_cmd(seg, info, deinterlace), stdout=subprocess.PIPE, stderr=err)
             assert dec.stdout is not None
             try:
                 while data := dec.stdout.read(w * h * 3):
