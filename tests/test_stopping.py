@@ -34,11 +34,11 @@ def alive(pid: int) -> bool:
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("stop")
     # wide enough that a frame spends a while in the model: most of a run is "in the model"
-    cfg = A2NConfig(scale=2, n_feat=16, n_up_feat=16, n_blocks=4)
+    cfg = A2NConfig(scale=2, n_feat=16, n_up_feat=16, n_blocks=6)
     save_checkpoint(folder / "model.pt", A2N(cfg), cfg)
     (folder / "none.yaml").write_text("tracking: {enabled: false}\n")
-    return {"model": folder / "model.pt", "episode": make_episode(folder, size="256x192", seconds=2.0),
-            "params": folder / "none.yaml"}  # fmt: skip
+    episode = make_episode(folder, size="256x192", seconds=2.0, on_twos=True)  # held frames: reuse is on
+    return {"model": folder / "model.pt", "episode": episode, "params": folder / "none.yaml"}
 
 
 def command(assets: dict[str, Path], out: Path) -> list[str]:
@@ -111,6 +111,9 @@ def test_a_signal_stops_the_run_within_10_s_and_it_resumes(
         assert again.returncode == 0, logs[-3000:]
         assert f"4 segments: {len(finished)} reused from an earlier run" in logs
         assert out.exists() and media.count_packets(out) == 48 and "verified: frames ok" in logs
+        # drawn on twos: the resumed segments computed only every other frame
+        left = 48 - 12 * len(finished)
+        assert f"{left} frames upscaled: {left // 2} computed by the model, {left // 2} reused" in logs
 
 
 def test_a_truncated_source_is_refused_with_the_reason(small: dict, tmp_path: Path) -> None:

@@ -32,14 +32,16 @@ def ffmpeg(*args: str | Path) -> None:
     subprocess.run([*FF, *map(str, args)], check=True)
 
 
-def make_episode(folder: Path, size: str = "96x72", seconds: float = 2.0) -> Path:
-    """An .mkv like a fansub release: h264 (BT.601), two AAC tracks, subtitles, chapters, a font."""
+def make_episode(folder: Path, size: str = "96x72", seconds: float = 2.0, on_twos: bool = False) -> Path:
+    """An .mkv like a fansub release: h264 (BT.601), two AAC tracks, subtitles, chapters, a font.
+    ``on_twos``: each picture held for two frames, as anime is drawn."""
     (folder / "subs.srt").write_text(SRT)
     (folder / "chapters.txt").write_text(CHAPTERS)
     (folder / "font.ttf").write_bytes(b"not really a font")
     out = folder / "episode.mkv"
     ffmpeg(
-        *("-f", "lavfi", "-i", f"testsrc2=s={size}:r=24:d={seconds}"),
+        *("-f", "lavfi", "-i", f"testsrc2=s={size}:r=12:d={seconds},fps=24" if on_twos
+          else f"testsrc2=s={size}:r=24:d={seconds}"),
         *("-f", "lavfi", "-i", f"sine=f=440:d={seconds}", "-f", "lavfi", "-i", f"sine=f=660:d={seconds}"),
         *("-i", folder / "subs.srt", "-i", folder / "chapters.txt"),
         *("-map", "0:v", "-map", "1:a", "-map", "2:a", "-map", "3:s"),
