@@ -167,3 +167,24 @@ def test_the_flow_reports_computed_and_reused_frames_and_verifies(
         in caplog.text
     )
     assert summaries["off"]["verify"] == summaries["near"]["verify"]
+
+
+def test_a_long_hold_uses_constant_memory(tmp_path: Path) -> None:
+    """Peak Python memory of a 1500-frame still is that of a 300-frame one: nothing grows with
+    the length of a hold."""
+    import tracemalloc
+
+    peaks = {}
+    for n in (300, 1500):
+        clip = write_clip(tmp_path / f"still{n}.mkv", [drawing(6)] * n, gop=100000)
+        info = media.probe(clip)
+        seg = video.split(info, tmp_path / f"src{n}", 0)[0]
+        tracemalloc.start()
+        enc = video.Encode(preset="ultrafast")
+        result = video.upscale_segment(
+            seg, tmp_path / f"o{n}.mkv", info, counting_nearest([]), 2, enc, batch=4, reuse=ReuseRule("near")
+        )
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert (result.frames, result.computed) == (n, 1)
+    assert peaks[1500] < 1.2 * peaks[300] + 100_000, peaks
