@@ -125,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         with stopping.stop_on_signals("remaster watch", resume):
             done = watch(args.inbox, args.out, process, suffix=f"_x{p.scale}.mkv", interval=args.interval,
                          settle=args.settle, once=args.once)  # fmt: skip
-    except stopping.Stopped as e:
-        return e.exit_code
+    except BaseException as e:  # Stopped, or Prefect's own exception for the signal
+        if (code := stopping.exit_code_of(e)) is not None:
+            return code
+        raise
     state = load_state(args.out)
     failed = [name for name in done if state[name]["status"] == "failed"]
     return 1 if failed else 0

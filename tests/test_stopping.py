@@ -295,3 +295,37 @@ def test_watch_records_every_bad_file_and_goes_on(api_url: str, small: dict, tmp
     assert handled.count("e_growing.mkv") == 1 and len(polls) >= 4  # taken only once it settled
     assert media.count_packets(out / "e_growing_remastered.mkv") == 24
     assert not stopping.live_children()
+
+
+def test_sigterm_stops_watch_mid_run_and_keeps_its_record(
+    api_url: str, assets: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    shutil.copy(assets["episode"], inbox / "ep.mkv")
+    cmd = [sys.executable, "-m", "flows.watch", str(inbox), "--out", str(out), "--once", "--settle", "1",
+           "--interval", "0", "--scale", "2", "--model", str(assets["model"]), "--segment-seconds", "0.5",
+           "--preset", "ultrafast", "--workers", "1", "--batch", "1", "--params", str(assets["params"]),
+           "--no-track"]  # fmt: skip
+    log = tmp_path / "watch.log"
+    proc = start(cmd, log, api_url)
+    try:
+        wait_for(log, "to upscale", proc)
+        time.sleep(1.0)
+        children = stopping.descendants(proc.pid)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    text = log.read_text(errors="replace")
+    assert rc == 143 and took < 10.0, text[-3000:]
+    assert (
+        f"remaster watch: stopped by SIGTERM; what is done is recorded in {out}/.remaster-watch.json" in text
+    )
+    assert not [pid for pid in children if alive(pid)]
+    assert not (out / "ep_x2.mkv").exists()
