@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from remaster.config import IngestParams, PackParams, TileParams
 from stages import ingest, pack, tile
 from stages.demo import write_images
-from stages.params import IngestParams, PackParams, TileParams
 
 
 def peak_rss_mib() -> float:

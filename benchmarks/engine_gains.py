@@ -6,7 +6,7 @@ changing load hits them alike. Each adds one change to the row above it:
 
 - the published layout (``fuse=False``), glibc's default allocator settings, 192 px tiles, every
   op spread over all cores;
-- ``stages.cpu.keep_freed_memory`` (the default for CPU inference);
+- ``remaster.engine.cpu.keep_freed_memory`` (the default for CPU inference);
 - the fused model (``fuse_for_inference``, the default);
 - the tiles of a band on ``Lanes``, one single-core thread per core (the default);
 - 288 px tiles (the default ``CPU_TILE``).
@@ -41,8 +41,8 @@ def child(fuse: bool, tile: int, lanes: int) -> None:
     import torch
 
     from models.a2n import A2N, A2NConfig
-    from stages.cpu import cpu_cores
-    from stages.inference import Upscaler
+    from remaster.engine.cpu import cpu_cores
+    from remaster.engine.upscaler import Upscaler
 
     torch.set_num_threads(cpu_cores())
     torch.manual_seed(0)

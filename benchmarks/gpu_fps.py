@@ -21,8 +21,8 @@ import torch
 
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from stages.common import quiet_environment
-from stages.inference import Upscaler
+from remaster.commandline import quiet_environment
+from remaster.engine.upscaler import Upscaler
 
 
 def fps(up: Upscaler, frames: np.ndarray, sync: bool) -> tuple[float, int]:

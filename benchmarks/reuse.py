@@ -32,10 +32,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.remaster import with_workers  # noqa: E402
-from stages.common import quiet_environment  # noqa: E402
-from stages.params import load_params  # noqa: E402
-from stages.reuse import luma  # noqa: E402
+from flows.episode import with_workers  # noqa: E402
+from remaster.commandline import quiet_environment  # noqa: E402
+from remaster.config import load_params  # noqa: E402
+from remaster.video.reuse import luma  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "video"
 CLIPS = {"onepiece": SHARED / "realesrgan_onepiece_demo.mp4", "jjk": SHARED / "tas_jjk_1080p_test.mp4"}
@@ -60,7 +60,7 @@ def y_psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def decision_ms(w: int, h: int, n: int = 60) -> float:
     """What the reuse decision costs on a clip where every frame differs (noise): ms a frame."""
-    from stages.reuse import HeldFrames, ReuseRule
+    from remaster.video.reuse import HeldFrames, ReuseRule
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (h, w, 3), np.uint8) for _ in range(n)]

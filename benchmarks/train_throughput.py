@@ -20,7 +20,7 @@ import time
 import torch
 
 from models.a2n import A2N, A2NConfig
-from stages.train_utils import charbonnier
+from remaster.training.loop import charbonnier
 
 # (label, channels_last, bf16 autocast)
 CASES = [

@@ -22,14 +22,14 @@ from typing import Any, cast
 from prefect import Flow, get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 
-from stages.common import quiet_environment, setup_logging
+from remaster.commandline import quiet_environment, setup_logging
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 # entry point (relative to the project) -> tags of its deployment
 FLOWS = {
-    "flows/remaster.py:remaster_episode": ["remaster"],
+    "flows/episode.py:remaster_episode": ["remaster"],
     "flows/pipeline.py:train_pipeline": ["training"],
 }
 

@@ -21,11 +21,12 @@ from prefect import flow, get_client, task
 from prefect.context import TaskRunContext
 
 from flows.runners import RUNNERS, flow_mapper, make_task_runner
-from stages import evaluate, ingest, pack, stopping, tile, train
-from stages.common import quiet_environment, setup_logging
-from stages.params import as_dict, load_params
-from stages.tracking import Tracker, make_tracker
-from stages.version import code_version
+from remaster import stopping
+from remaster.commandline import quiet_environment, setup_logging
+from remaster.config import as_dict, load_params
+from remaster.tracking import Tracker, make_tracker
+from remaster.version import code_version
+from stages import evaluate, ingest, pack, tile, train
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from typing import Any
 from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from stages.cpu import cpu_cores
-from stages.fsutil import sha256_file
-from stages.inference import Upscaler
-from stages.parallel import Mapper
+from remaster.engine.cpu import cpu_cores
+from remaster.engine.upscaler import Upscaler
+from remaster.files import sha256_file
+from remaster.parallel import Mapper
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def local_cluster(**kwargs: Any) -> Any:
 
     Dask's nanny writes its workers' variables (``OMP_NUM_THREADS=1`` among them) into the
     parent's ``os.environ`` before it spawns them; every model later loaded in this process
-    would then run on one thread (``stages.cpu.cpu_cores`` reads it)."""
+    would then run on one thread (``remaster.engine.cpu.cpu_cores`` reads it)."""
     from distributed import LocalCluster
 
     environ = dict(os.environ)
@@ -86,7 +86,7 @@ def local_cluster(**kwargs: Any) -> Any:
 
 
 class DaskMapper:
-    """A stage's per-image work (``stages.parallel.Mapper``) on the Dask cluster of the running
+    """A stage's per-image work (``remaster.parallel.Mapper``) on the Dask cluster of the running
     flow, through the client of its prefect-dask task runner: the flow's tasks and the stages'
     items share one cluster. Every worker must see the stage's folders at the same paths."""
 

@@ -26,11 +26,11 @@ from prefect.context import FlowRunContext
 from prefect.futures import as_completed, wait
 
 from flows.runners import ModelSpec, runs_in_process, upscaler, worker_name
-from stages import media, video
-from stages.common import progress_bar
-from stages.fsutil import sha256_file, write_json
-from stages.params import RemasterParams
-from stages.reuse import NO_REUSE, ReuseRule
+from remaster.commandline import progress_bar
+from remaster.config import RemasterParams
+from remaster.files import sha256_file, write_json
+from remaster.video import ffmpeg, probe
+from remaster.video.reuse import NO_REUSE, ReuseRule
 
 FORMAT = "remaster-video/1"  # in every segment key: bump it when the same inputs would give other bytes
 
@@ -69,42 +69,42 @@ def locked(parts: Path) -> Iterator[None]:
         yield
 
 
-def plan_segments(info: media.VideoInfo, work: Path, seconds: float) -> list[video.Segment]:
+def plan_segments(info: probe.VideoInfo, work: Path, seconds: float) -> list[ffmpeg.Segment]:
     """The split, or the one an earlier run of the same job made (its frames were counted then)."""
     plan = work / "plan.json"
     if plan.exists():
-        segments = [video.Segment(**{**d, "pts": tuple(d["pts"])}) for d in json.loads(plan.read_text())]
+        segments = [ffmpeg.Segment(**{**d, "pts": tuple(d["pts"])}) for d in json.loads(plan.read_text())]
         if all(Path(s.path).exists() for s in segments):
             return segments
-    segments = video.split(info, (work / "src").resolve(), seconds)
+    segments = ffmpeg.split(info, (work / "src").resolve(), seconds)
     write_json(plan, [dataclasses.asdict(s) for s in segments])
     return segments
 
 
 def reassemble(
-    info: media.VideoInfo, parts: list[Path], segments: list[video.Segment], muxed: Path, codec: str
+    info: probe.VideoInfo, parts: list[Path], segments: list[ffmpeg.Segment], muxed: Path, codec: str
 ) -> Path:
     joined = muxed.with_name("joined.mkv")
-    video.concat(parts, [s.duration for s in segments], joined)
-    video.mux(joined, info, muxed, codec)
+    ffmpeg.concat(parts, [s.duration for s in segments], joined)
+    ffmpeg.mux(joined, info, muxed, codec)
     joined.unlink()
     return muxed
 
 
 def upscale_segment(
-    seg: video.Segment,
+    seg: ffmpeg.Segment,
     dst: Path,
-    info: media.VideoInfo,
+    info: probe.VideoInfo,
     model: ModelSpec,
-    enc: video.Encode,
+    enc: ffmpeg.Encode,
     *,
     deinterlace: bool = False,
     batch: int = 4,
     progress: Callable[[int, int], object] | None = None,
     keep_frames: Path | None = None,
     reuse: ReuseRule = NO_REUSE,
-) -> video.SegmentResult:
-    """``video.upscale_segment`` with the model ``model`` names, loaded once per process (the
+) -> ffmpeg.SegmentResult:
+    """``ffmpeg.upscale_segment`` with the model ``model`` names, loaded once per process (the
     flow's, or a Dask worker's)."""
     if not Path(seg.path).exists():
         raise FileNotFoundError(
@@ -118,7 +118,7 @@ def upscale_segment(
             "command again to start over with the new file"
         )
     up = upscaler(model)
-    return video.upscale_segment(
+    return ffmpeg.upscale_segment(
         seg, dst, info, up.upscale_frames, model.scale, enc,
         deinterlace=deinterlace, batch=batch, progress=progress, keep_frames=keep_frames, reuse=reuse,
     )  # fmt: skip
@@ -132,12 +132,12 @@ reassemble_task = task(name="reassemble", cache_policy=NO_CACHE)(reassemble)
 
 
 def upscale_all(
-    segments: list[video.Segment],
+    segments: list[ffmpeg.Segment],
     work: Path,
-    info: media.VideoInfo,
+    info: probe.VideoInfo,
     model: ModelSpec,
     p: RemasterParams,
-    enc: video.Encode,
+    enc: ffmpeg.Encode,
     deinterlace: bool,
     keep_frames: Path | None,
 ) -> tuple[list[Path], int, int, int]:
@@ -155,7 +155,7 @@ def upscale_all(
     # absolute: a Dask worker's working directory is its own
     dsts = [(work / "out").resolve() / f"seg_{s.index:05d}.mkv" for s in segments]
     # a finished segment has its final name (it is renamed only when whole) and all its frames
-    todo = [(s, d) for s, d in zip(segments, dsts, strict=True) if media.count_packets(d) != s.frames]
+    todo = [(s, d) for s, d in zip(segments, dsts, strict=True) if probe.count_packets(d) != s.frames]
     reused = len(segments) - len(todo)
     logger.info("%d segments: %d reused from an earlier run, %d to upscale", len(segments), reused, len(todo))
     frames = sum(s.frames for s, _ in todo)

@@ -16,9 +16,9 @@ from typing import cast
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 
+from flows.episode import remaster_episode
 from flows.pipeline import train_pipeline
-from flows.remaster import remaster_episode
-from stages.common import quiet_environment, setup_logging
+from remaster.commandline import quiet_environment, setup_logging
 
 log = logging.getLogger(__name__)
 

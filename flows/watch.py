@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flows.remaster import add_settings, settings, with_workers
-from stages import stopping
-from stages.common import prepare, stage_parser
-from stages.fsutil import write_json
+from flows.episode import add_settings, settings, with_workers
+from remaster import stopping
+from remaster.commandline import prepare, stage_parser
+from remaster.files import write_json
 
 log = logging.getLogger(__name__)
 

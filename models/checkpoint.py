@@ -12,11 +12,13 @@ Everything in them is a tensor, dict, list, tuple, number, string or None, so th
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import random
 import re
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,6 @@ import safetensors.torch
 import torch
 
 from models.a2n import A2N, A2NConfig, is_upsampler_key
-from stages.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,9 @@ def save_checkpoint(
         "extra": dict(extra) if extra is not None else {},
     }
     _check_weights_only_safe(ckpt, "checkpoint")
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    _write_whole(Path(path), buffer.getbuffer())
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, device: str = "cpu") -> dict[str, Any]:
@@ -145,8 +147,23 @@ def save_safetensors(
             raise ValueError(f"metadata key {k!r} is reserved")
         meta[k] = v
     sd = _cpu_state_dict(model)
-    with atomic_path(path) as tmp:
-        safetensors.torch.save_file(sd, str(tmp), metadata=meta)
+    _write_whole(Path(path), safetensors.torch.save(sd, metadata=meta))
+
+
+def _write_whole(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` under a temporary name beside ``path`` and rename it over ``path``, so a
+    killed save never leaves a half-written file. (The models package stands alone: it does not
+    import the library's ``remaster.files``.)"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _torch_load(path: Path, device: str) -> Any:

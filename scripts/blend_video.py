@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.checkpoint import load_model  # noqa: E402
-from stages import train_utils as tu  # noqa: E402
-from stages.dataset import TileDataset  # noqa: E402
-from stages.export import export_safetensors  # noqa: E402
-from stages.fsutil import write_json  # noqa: E402
-from stages.inference import default_weights  # noqa: E402
+from remaster.engine.onnx import export_safetensors  # noqa: E402
+from remaster.engine.upscaler import default_weights  # noqa: E402
+from remaster.files import write_json  # noqa: E402
+from remaster.training import loop  # noqa: E402
+from remaster.training.dataset import TileDataset  # noqa: E402
 
 GRID = (0.0, 0.3, 0.5, 0.7, 1.0)
 
@@ -56,7 +56,7 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=3, help="score every Nth val tile (default: %(default)s)")
     args = ap.parse_args()
     s = args.scale
-    with tu.runtime() as rt:
+    with loop.runtime() as rt:
         clean, _, _ = load_model(default_weights(s))
         tuned, _, info = load_model(args.work / f"runs/x{s}/best.pt")
         val = args.work / "data/packed/val.h5"
@@ -68,7 +68,7 @@ def main() -> int:
             model, _, _ = load_model(default_weights(s))
             model.load_state_dict({k: a * sd_v[k] + (1 - a) * sd_c[k] for k in sd_c})
             model.to(rt.device, memory_format=rt.memory_format)  # type: ignore[call-overload]
-            scores = {name: tu.validate(model, tiles, s, rt)[0] for name, tiles in sets.items()}
+            scores = {name: loop.validate(model, tiles, s, rt)[0] for name, tiles in sets.items()}
             rows.append({"alpha": a, **scores})
             print(
                 f"x{s} a={a:.1f}: realistic {scores['realistic']:.3f} dB, clean {scores['clean']:.3f} dB",

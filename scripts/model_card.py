@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.checkpoint import read_checkpoint  # noqa: E402
-from stages.fsutil import sha256_file, write_text  # noqa: E402
+from remaster.files import sha256_file, write_text  # noqa: E402
 
 WEIGHTS = ROOT / "models" / "weights"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from stages.drawing import INK, SS, WORDS, background, char_layout, character, downsample, text
-from stages.fsutil import atomic_path
+from remaster.data.drawing import INK, SS, WORDS, background, char_layout, character, downsample, text
+from remaster.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,8 @@ def write_clip(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.common import setup_logging
-    from stages.params import load_params
+    from remaster.commandline import setup_logging
+    from remaster.config import load_params
 
     p = argparse.ArgumentParser(prog="python -m stages.demo", description=__doc__)
     p.add_argument("--params", default="params.yaml", help="reads its demo section")

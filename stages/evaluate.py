@@ -1,7 +1,7 @@
 """Stage ``evaluate``: score A2N against bicubic on held-out images and write a report.
 
 Each HR image is cropped to a multiple of the scale, its LR made with the pack downsampler
-(``stages.imaging.downscale``), then super-resolved through the shared ``Upscaler`` (tiled, so
+(``remaster.data.imaging.downscale``), then super-resolved through the shared ``Upscaler`` (tiled, so
 memory stays bounded at any size) and by bicubic. Both are scored on the same pixels: Y-PSNR
 and SSIM (BT.601 Y, border crop = scale) and RGB PSNR. Sets are the packed val tiles (their
 stored LR) and/or folders of HR images; a folder of LR images with no HR (``upscale_folder``)
@@ -26,15 +26,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from stages import report
-from stages.common import prepare, progress_enabled, stage_parser
-from stages.degradations import DegradationError, parse_spec
-from stages.eval_sets import EvaluateError, folder_images, hr_folder_pairs, list_files, packed_pairs
-from stages.fsutil import atomic_path, sha256_file, write_json, write_text
-from stages.inference import Upscaler, bicubic_upscale
-from stages.metrics import psnr_rgb, psnr_y, ssim_y
-from stages.params import EvaluateParams, as_dict
-from stages.tracking import MlflowTracker, Registry, Tracker
+from remaster.commandline import prepare, progress_enabled, stage_parser
+from remaster.config import EvaluateParams, as_dict
+from remaster.data.degradations import DegradationError, parse_spec
+from remaster.data.imaging import bicubic_upscale
+from remaster.engine.upscaler import Upscaler
+from remaster.evaluation import report
+from remaster.evaluation.metrics import psnr_rgb, psnr_y, ssim_y
+from remaster.evaluation.sets import EvaluateError, folder_images, hr_folder_pairs, list_files, packed_pairs
+from remaster.files import atomic_path, sha256_file, write_json, write_text
+from remaster.model_source import resolve_model
+from remaster.tracking import MlflowTracker, Registry, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,9 @@ DEFAULT_CHECKPOINT = "runs/train/best.pt"
 
 
 def load_upscaler(params: EvaluateParams, model: str | None, scale: int) -> Upscaler:
-    return Upscaler.load(model or None, scale, precision=params.precision, tile=params.tile or None)
+    return Upscaler.load(
+        str(resolve_model(model or None, scale)), scale, precision=params.precision, tile=params.tile or None
+    )
 
 
 def model_info(up: Upscaler, spec: str | None) -> dict[str, Any]:

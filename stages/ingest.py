@@ -33,20 +33,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from stages.common import prepare, stage_parser
-from stages.fsutil import atomic_path, display_path, write_json
-from stages.imaging import to_rgb8
-from stages.parallel import Mapper, SerialMapper
-from stages.params import IngestParams, as_dict
-from stages.tracking import Tracker
+from remaster.commandline import prepare, stage_parser
+from remaster.config import IngestParams, as_dict
+from remaster.data.imaging import EXTENSIONS, to_rgb8
+from remaster.files import atomic_path, display_path, write_json
+from remaster.parallel import Mapper, SerialMapper
+from remaster.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-EXTENSIONS = {
-    ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
-    ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF",
-}  # fmt: skip
 VALID = ("ok", "duplicate", "near_duplicate")  # decoded fine; the dedup pass decides which
 
 

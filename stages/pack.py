@@ -3,9 +3,9 @@
 One file per split (``train.h5``, ``val.h5``) holds ``hr`` (N, T, T, 3) uint8 and, per scale,
 ``lr_x{s}`` (N, T/s, T/s, 3) uint8, uncompressed and chunked one tile per chunk: compression
 barely shrinks image data and slows random crops by 7 to 30x. LR tiles come from the
-MATLAB-style anti-aliased bicubic in ``stages.imaging``. With ``pack.degradation: realistic``
+MATLAB-style anti-aliased bicubic in ``remaster.data.imaging``. With ``pack.degradation: realistic``
 each file also holds ``lr_x{s}_real``: the same tiles degraded like a real old episode
-(``stages.degradations``: kernel, blur, noise, 4:2:0 and a real codec), with each tile's chain
+(``remaster.data.degradations``: kernel, blur, noise, 4:2:0 and a real codec), with each tile's chain
 in ``degradation_x{s}`` and the settings and ffmpeg build in the attributes. Every draw is seeded
 from the tile itself, so ``dvc repro`` rebuilds the same bits. Images are read a few at a time, so
 memory stays bounded whatever the number of tiles. Each file is written under a temporary name
@@ -28,14 +28,14 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from stages.common import prepare, progress_enabled, stage_parser
-from stages.degradations import DegradationError, degrade_batch, ffmpeg_version, tile_degradation
-from stages.fsutil import atomic_path, write_json
-from stages.imaging import KERNEL, downscale
-from stages.parallel import Mapper, SerialMapper, windows
-from stages.params import PackParams, RealisticParams, as_dict, flatten
-from stages.tracking import Tracker
-from stages.version import code_version
+from remaster.commandline import prepare, progress_enabled, stage_parser
+from remaster.config import PackParams, RealisticParams, as_dict, flatten
+from remaster.data.degradations import DegradationError, degrade_batch, ffmpeg_version, tile_degradation
+from remaster.data.imaging import KERNEL, downscale
+from remaster.files import atomic_path, write_json
+from remaster.parallel import Mapper, SerialMapper, windows
+from remaster.tracking import Tracker
+from remaster.version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def run(
         "tile_size": size,
         "degradation": params.degradation,
         "manifest_hash": data_hash(tiles_csv, scales, realistic),
-        "code_version": code_version("stages.pack", "stages.imaging", "stages.degradations"),
+        "code_version": code_version("stages.pack", "remaster.data.imaging", "remaster.data.degradations"),
     }
     if realistic is not None:
         # what rebuilds these bits: the settings, and the ffmpeg build that coded them

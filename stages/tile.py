@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from stages.common import prepare, stage_parser
-from stages.fsutil import atomic_path, write_json
-from stages.params import TileParams, as_dict
-from stages.tracking import Tracker
+from remaster.commandline import prepare, stage_parser
+from remaster.config import TileParams, as_dict
+from remaster.files import atomic_path, write_json
+from remaster.tracking import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 ``run`` does the work; ``main`` reads params.yaml and the paths. Every ``val_every`` steps and
 at the end it validates on whole val tiles and saves ``last.pt`` (everything needed to resume)
 and, when the val PSNR improves, ``best.pt``. A run that finds a matching ``last.pt`` carries
-on from it: the data order is a pure function of the step (``stages.dataset``), so a resumed
+on from it: the data order is a pure function of the step (``remaster.training.dataset``), so a resumed
 run computes what an uninterrupted one would have.
 
 Devices: CUDA if there is one (bf16 autocast, channels_last), else the CPU (fp32,
@@ -33,14 +33,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import capture_rng_state, load_model, restore_rng_state, save_checkpoint
-from stages import stopping, train_report
-from stages import train_utils as tu
-from stages.common import load_params_or_exit, progress_enabled
-from stages.dataset import PairDataset, StepSampler, TileDataset
-from stages.fsutil import write_json
-from stages.params import TrainParams, as_dict, flatten
-from stages.tracking import NullTracker, Tracker, make_tracker
-from stages.train_utils import History
+from remaster import stopping
+from remaster.commandline import load_params_or_exit, progress_enabled
+from remaster.config import TrainParams, as_dict, flatten
+from remaster.files import write_json
+from remaster.tracking import NullTracker, Tracker, make_tracker
+from remaster.training import loop, report
+from remaster.training.dataset import PairDataset, StepSampler, TileDataset
+from remaster.training.loop import History
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def run(
     The summary holds the metrics (step, last and best val Y-PSNR/SSIM, bicubic's, seconds,
     samples/s) plus ``resumed_from`` (a step or None) and the tracking ``run_id``.
     """
-    with tu.runtime() as rt:
+    with loop.runtime() as rt:
         return _train(params, Path(train_h5), Path(val_h5), Path(out_dir), tracker, rt,
                       metrics_path, plots_dir, progress)  # fmt: skip
 
@@ -74,20 +74,20 @@ def _train(
     val_h5: Path,
     out_dir: Path,
     tracker: Tracker,
-    rt: tu.Runtime,
+    rt: loop.Runtime,
     metrics_path: Path | None,
     plots_dir: Path | None,
     progress: bool | None,
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
     tracker = tracker if rt.is_main else NullTracker()
-    cfg, hp = tu.model_config(p), tu.hparams(p, rt.world)
-    hashes = (tu.data_hash(train_h5), tu.data_hash(val_h5))
+    cfg, hp = loop.model_config(p), loop.hparams(p, rt.world)
+    hashes = (loop.data_hash(train_h5), loop.data_hash(val_h5))
     out_dir.mkdir(parents=True, exist_ok=True)
     last, best = out_dir / "last.pt", out_dir / "best.pt"
     samples_per_step = p.batch_size * rt.world
 
-    resume = tu.resumable(last, cfg, hashes, hp)
+    resume = loop.resumable(last, cfg, hashes, hp)
     ckpt, hist = resume if resume is not None else (None, History())
     torch.manual_seed(p.seed)
     model = A2N(cfg)
@@ -100,7 +100,7 @@ def _train(
         if rt.is_main and best.exists():
             best.unlink()  # from another configuration: it must not be taken for this run's
         if p.init:
-            log.info("initialised from %s: %s", p.init, tu.init_from(model, p.init))
+            log.info("initialised from %s: %s", p.init, loop.init_from(model, p.init))
     resumed_from = hist.step if ckpt is not None else None
     val_tiles = TileDataset(val_h5, p.scale, p.degradation)
 
@@ -108,7 +108,7 @@ def _train(
         summary = hist.summary(samples_per_step)
         if rt.is_main:
             if plots_dir is not None:
-                train_report.write_history_csvs(plots_dir, hist)
+                report.write_history_csvs(plots_dir, hist)
             if metrics_path is not None:
                 write_json(metrics_path, summary)
         return {**summary, "resumed_from": resumed_from, "run_id": None}
@@ -123,7 +123,7 @@ def _train(
 
     model.to(rt.device, memory_format=rt.memory_format)  # type: ignore[call-overload]
     opt = torch.optim.Adam(model.parameters(), lr=p.lr, betas=(0.9, 0.999))
-    sched = tu.make_scheduler(opt, p)
+    sched = loop.make_scheduler(opt, p)
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -151,11 +151,11 @@ def _train(
         pin_memory=rt.device.type == "cuda",
     )
     if rt.is_main and hist.bicubic is None:
-        hist.bicubic = tu.bicubic_scores(val_tiles, p.scale)  # once per training, kept in last.pt
+        hist.bicubic = loop.bicubic_scores(val_tiles, p.scale)  # once per training, kept in last.pt
     seconds_before = hist.seconds
 
     def checkpoint(step: int) -> None:
-        psnr, ssim = tu.validate(model, val_tiles, p.scale, rt)
+        psnr, ssim = loop.validate(model, val_tiles, p.scale, rt)
         bic = hist.bicubic or (0.0, 0.0)
         hist.val.append([step, psnr, ssim])
         metrics = {"val_psnr_y": psnr, "val_ssim_y": ssim, "bicubic_psnr_y": bic[0], "bicubic_ssim_y": bic[1]}
@@ -198,7 +198,7 @@ def _train(
         net.train()
         t_seg = time.perf_counter()
         # Without a terminal there is no bar: a line a minute says how far the run is instead.
-        beat = tu.Heartbeat(p.iterations, hist.step, enabled=bar.disable and rt.is_main)
+        beat = loop.Heartbeat(p.iterations, hist.step, enabled=bar.disable and rt.is_main)
         try:
             for lr_img, hr_img in loader:
                 stopping.raise_if_stopping()  # between steps, where the state is whole
@@ -206,7 +206,7 @@ def _train(
                 hr_img = rt.to_device(hr_img)  # (B, 3, h*s, w*s)
                 with rt.autocast():
                     sr = net(lr_img)  # (B, 3, h*s, w*s)
-                loss = tu.charbonnier(sr.float(), hr_img, p.charbonnier_eps)
+                loss = loop.charbonnier(sr.float(), hr_img, p.charbonnier_eps)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 lr_now = opt.param_groups[0]["lr"]
@@ -247,7 +247,7 @@ def _log_artifacts(
     cfg: A2NConfig,
     best: Path,
     val_tiles: TileDataset,
-    rt: tu.Runtime,
+    rt: loop.Runtime,
     plots_dir: Path | None,
     metrics_path: Path | None,
     hist: History,
@@ -256,11 +256,11 @@ def _log_artifacts(
     with tempfile.TemporaryDirectory() as tmp:
         pics = plots_dir if plots_dir is not None else Path(tmp)
         pics.mkdir(parents=True, exist_ok=True)
-        files = train_report.write_curve_pngs(pics, hist)
+        files = report.write_curve_pngs(pics, hist)
         best_model, _, _ = load_model(best, device=rt.device)
-        files.append(train_report.write_sample_png(pics / "sample.png", best_model, val_tiles, p.scale, rt))
+        files.append(report.write_sample_png(pics / "sample.png", best_model, val_tiles, p.scale, rt))
         if plots_dir is None:
-            files += train_report.write_history_csvs(pics, hist)
+            files += report.write_history_csvs(pics, hist)
         else:
             files += [plots_dir / "loss.csv", plots_dir / "val.csv"]
         if tracker.run_id is None:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models.a2n import A2N, A2NConfig, FusedAAB, SubpixelConv, fuse_for_inference, is_upsampler_key
-from stages.imaging import downscale, modcrop
-from stages.metrics import psnr_y
+from remaster.data.imaging import downscale, modcrop
+from remaster.evaluation.metrics import psnr_y
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REFS = SHARED / "refs"

@@ -14,10 +14,12 @@ from distributed import Client, LocalCluster, get_task_stream
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from flows import remaster, runners
+from flows import episode as remaster
+from flows import runners
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from stages import demo, media
+from remaster.video import probe
+from stages import demo
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +100,8 @@ def test_segments_upscale_on_dask_workers(
     assert summary["frames"] == 30 and summary["segments"] == 3
     assert all(check["ok"] for check in summary["verify"].values())
     assert summary["verify"]["size"]["actual"] == [192, 144]
-    assert media.probe(out).frames == 30
-    assert media.stream_hashes(out, "a") == media.stream_hashes(assets["clip"], "a")
+    assert probe.probe(out).frames == 30
+    assert probe.stream_hashes(out, "a") == probe.stream_hashes(assets["clip"], "a")
 
     # every segment ran as a Dask task on one of the cluster's worker processes, not in ours
     workers = set(local_cluster.scheduler_info["workers"])
@@ -125,8 +127,8 @@ def test_pipeline_data_stages_fan_out_over_dask_workers(
     import numpy as np
 
     from flows import pipeline
+    from remaster.config import load_params
     from stages import ingest, pack, tile
-    from stages.params import load_params
 
     scrape = tmp_path / "scrape"
     demo.write_images(scrape, 3, seed=1, width=560, height=520)

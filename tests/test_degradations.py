@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from flows.cli import main as cli
-from stages import ingest, pack, tile
-from stages.dataset import PairDataset, TileDataset
-from stages.degradations import (
+from remaster.cli.main import main as cli
+from remaster.config import IngestParams, PackParams, RealisticParams, TileParams
+from remaster.data.degradations import (
     Degradation,
     DegradationError,
     codec_round_trip,
@@ -23,10 +22,11 @@ from stages.degradations import (
     parse_spec,
     tile_degradation,
 )
+from remaster.data.imaging import downscale
+from remaster.evaluation.metrics import psnr_y
+from remaster.training.dataset import PairDataset, TileDataset
+from stages import ingest, pack, tile
 from stages.demo import generate_image, write_images
-from stages.imaging import downscale
-from stages.metrics import psnr_y
-from stages.params import IngestParams, PackParams, RealisticParams, TileParams
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_a_failing_codec_names_the_tiles_and_writes_no_file(tiles: Path, tmp_pat
     )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
-    from stages import degradations
+    from remaster.data import degradations
 
     degradations.ffmpeg_version.cache_clear()
     try:

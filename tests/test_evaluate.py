@@ -16,14 +16,14 @@ import torch
 import yaml
 from PIL import Image
 
-from flows.cli import main as cli_main
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from stages.eval_sets import EvaluateError, packed_pairs
+from remaster.cli.main import main as cli_main
+from remaster.config import EvaluateParams
+from remaster.data.imaging import downscale, modcrop
+from remaster.evaluation.sets import EvaluateError, packed_pairs
+from remaster.tracking import MlflowTracker, NullTracker
 from stages.evaluate import run
-from stages.imaging import downscale, modcrop
-from stages.params import EvaluateParams
-from stages.tracking import MlflowTracker, NullTracker
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {"name", "psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y"}
@@ -160,7 +160,7 @@ _MEMORY_SCRIPT = """
 import json, resource, sys
 from pathlib import Path
 from stages.evaluate import run
-from stages.params import EvaluateParams
+from remaster.config import EvaluateParams
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 # tile=392 sends the 768x768 LR through the tiled path in about four tiles
 m = run(EvaluateParams(tile=392), 4, Path(sys.argv[1]), model=sys.argv[2], hr_dirs=[Path(sys.argv[3])])

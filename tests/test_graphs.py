@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from flows.remaster import add_settings, settings
+from flows.episode import add_settings, settings
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from stages.graphs import GraphedForward
-from stages.inference import Upscaler
-from stages.params import RemasterParams
-from stages.upscale import main as upscale_main
+from remaster.cli.upscale import main as upscale_main
+from remaster.config import RemasterParams
+from remaster.engine.cuda_graphs import GraphedForward
+from remaster.engine.upscaler import Upscaler
 
 
 def _checkpoint(tmp_path: Path, scale: int = 2) -> Path:

@@ -16,17 +16,17 @@ from PIL import Image
 
 from models.a2n import A2N, A2NConfig, fuse_for_inference
 from models.checkpoint import load_model, save_checkpoint
-from stages import inference
-from stages.imaging import imresize, modcrop
-from stages.inference import (
+from remaster.data.imaging import bicubic_upscale, imresize, modcrop
+from remaster.engine import upscaler
+from remaster.engine.tiling import Lanes, _bands, a2n_tiled_forward, shared_lanes, tiled_forward
+from remaster.engine.upscaler import (
+    CPU_TILE,
     Upscaler,
     auto_tile,
-    bicubic_upscale,
     pick_precision,
     resolve_model_path,
 )
-from stages.metrics import psnr_y
-from stages.tiling import Lanes, _bands, a2n_tiled_forward, shared_lanes, tiled_forward
+from remaster.evaluation.metrics import psnr_y
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,7 @@ def test_model_resolution_errors(tmp_path: Path) -> None:
 FAULTS_PER_BLOCK = """
 import resource, sys, torch
 from models.a2n import A2N, A2NConfig
-from stages.cpu import keep_freed_memory
+from remaster.engine.cpu import keep_freed_memory
 if sys.argv[1] == "tuned":
     assert keep_freed_memory()
 torch.set_num_threads(2)
@@ -212,14 +212,14 @@ def test_auto_tile_fits_the_budget() -> None:
     side = auto_tile(cfg, torch.device("cpu"), budget_bytes=1 << 30)
     assert 64 <= side <= 1024 and side % 8 == 0
     assert auto_tile(cfg, torch.device("cpu"), budget_bytes=1 << 20) == 64
-    assert auto_tile(cfg, torch.device("cpu")) <= inference.CPU_TILE  # cache-sized by default
+    assert auto_tile(cfg, torch.device("cpu")) <= CPU_TILE  # cache-sized by default
 
 
 def test_auto_precision_is_fp32_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
-    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(upscaler, "cpu_has_bf16", lambda: False)
     assert pick_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(inference, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(upscaler, "cpu_has_bf16", lambda: True)
     assert pick_precision("auto", cpu) == "bf16"
     assert pick_precision("auto", torch.device("cuda")) == "bf16"
     with pytest.raises(ValueError, match="precision must be one of"):
@@ -272,8 +272,8 @@ def test_bicubic_baseline_is_matlab_style() -> None:
 def test_onnx_export_matches_torch_and_serves_as_a_backend(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from flows.cli import main as cli
-    from stages.export import OnnxModel
+    from remaster.cli.main import main as cli
+    from remaster.engine.onnx import OnnxModel
 
     model = _tiny(4, n_blocks=1)
     save_checkpoint(tmp_path / "tiny.pt", model, model.config, step=1)
@@ -300,7 +300,7 @@ def test_onnx_export_matches_torch_and_serves_as_a_backend(tmp_path: Path) -> No
 def test_safetensors_export_reloads_bit_for_bit_with_its_provenance(tmp_path: Path) -> None:
     from safetensors import safe_open
 
-    from flows.cli import main as cli
+    from remaster.cli.main import main as cli
 
     model = _tiny(2, n_blocks=1)
     save_checkpoint(tmp_path / "run.pt", model, model.config, step=7, data_hash="abc123")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from remaster.config import IngestParams
 from stages.demo import generate_image
 from stages.ingest import phash, run
-from stages.params import IngestParams
 
 PARAMS = IngestParams(min_side=96, near_dup_distance=6)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.metrics import (
+from remaster.evaluation.metrics import (
     psnr_rgb,
     psnr_y,
     psnr_y_torch,

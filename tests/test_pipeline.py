@@ -25,12 +25,16 @@ def _env() -> dict[str, str]:
 
 def test_cli_lists_the_stages() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "remaster.cli.main", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     for name in ("demo", "ingest", "tile", "pack", "train", "pipeline"):
         assert f"  {name}" in out
     bad = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "nope"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "remaster.cli.main", "nope"], cwd=ROOT, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "unknown command 'nope'" in bad.stderr
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from remaster.config import ModelParams, TrainParams
+from remaster.data.imaging import downscale
+from remaster.engine.upscaler import Upscaler
+from remaster.model_source import resolve_model
+from remaster.tracking import MlflowTracker
 from stages import train
-from stages.imaging import downscale
-from stages.inference import Upscaler, resolve_model_path
-from stages.params import ModelParams, TrainParams
-from stages.tracking import MlflowTracker
 
 
 def _pack(path: Path, seed: int, n: int) -> Path:
@@ -44,9 +45,9 @@ def test_models_uri_resolves_to_the_registered_checkpoint(
         plots_dir=tmp_path / "plots",
         progress=False,
     )
-    path = resolve_model_path("models:/a2n-x2@candidate", 2)
+    path = resolve_model("models:/a2n-x2@candidate", 2)
     assert path.name == "best.pt"
-    up = Upscaler.load("models:/a2n-x2@candidate", 2, tile=0)
+    up = Upscaler.load(str(path), 2, tile=0)
     ours = Upscaler.load(str(tmp_path / "out" / "best.pt"), 2, tile=0)
     x = torch.rand(1, 3, 12, 10)
     assert torch.equal(up(x), ours(x))

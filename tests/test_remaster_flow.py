@@ -23,13 +23,14 @@ from conftest import SHARED
 from PIL import Image
 from test_video import make_episode
 
-from flows import remaster, watch
+from flows import episode as remaster
+from flows import watch
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from stages import media
-from stages.common import LogProgress, progress_bar
-from stages.params import RemasterParams
-from stages.tracking import NullTracker
+from remaster.commandline import LogProgress, progress_bar
+from remaster.config import RemasterParams
+from remaster.tracking import NullTracker
+from remaster.video import probe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,9 +105,9 @@ def test_the_flow_remasters_an_episode_and_tracks_it(
     assert summary["frames"] == 48 and summary["segments"] == 4 and summary["run"]["segments_reused"] == 0
     assert all(check["ok"] for check in summary["verify"].values())
     assert summary["verify"]["size"]["actual"] == [192, 144]
-    info = media.probe(out)
-    assert info.frames == 48 and info.streams[1:] == media.probe(assets["episode"]).streams[1:]
-    assert media.stream_hashes(out, "a") == media.stream_hashes(assets["episode"], "a")
+    info = probe.probe(out)
+    assert info.frames == 48 and info.streams[1:] == probe.probe(assets["episode"]).streams[1:]
+    assert probe.stream_hashes(out, "a") == probe.stream_hashes(assets["episode"], "a")
     trk = baseline["tracker"]
     assert trk.runs == [("remaster", "episode-x2")]
     assert trk.params["model_sha256"] == summary["model"]["sha256"] and trk.params["remaster.scale"] == 2
@@ -122,23 +123,23 @@ def test_the_shared_one_piece_clip_comes_through_whole(
     # (the 1080p clip beside it costs 2 s a frame even with this tiny model, at 4K out: its probe
     # and split are tested in test_video instead)
     src = SHARED / "data/video/realesrgan_onepiece_demo.mp4"
-    source = media.probe(src)
+    source = probe.probe(src)
     out = tmp_path / "onepiece_x2.mkv"
     p = dataclasses.replace(settings(assets, seconds=3.0), workers=2)  # its two segments at once
     summary = remaster.with_workers(p)(str(src), str(out), p)
     assert summary["segments"] >= 2 and all(check["ok"] for check in summary["verify"].values())
-    info = media.probe(out)
-    assert info.frames == source.frames == media.count_packets(src) == 181
+    info = probe.probe(out)
+    assert info.frames == source.frames == probe.count_packets(src) == 181
     assert (info.width, info.height) == (1280, 960)
     assert abs(info.duration - source.duration) < 1 / 23.976  # within one frame
-    assert media.stream_hashes(out, "a") == media.stream_hashes(src, "a")  # the audio, byte for byte
+    assert probe.stream_hashes(out, "a") == probe.stream_hashes(src, "a")  # the audio, byte for byte
 
 
 def test_a_killed_run_resumes_with_its_finished_segments(
     api_url: str, assets: dict[str, Path], baseline: dict[str, Any], tmp_path: Path
 ) -> None:
     out = tmp_path / "episode_x2.mkv"
-    cmd = [sys.executable, "-m", "flows.remaster", str(assets["episode"]), "-o", str(out), *cli_args(assets)]
+    cmd = [sys.executable, "-m", "flows.episode", str(assets["episode"]), "-o", str(out), *cli_args(assets)]
     cmd += ["--summary", str(tmp_path / "summary.json"), "--metrics", str(tmp_path / "metrics.json")]
     env = {**os.environ, "PREFECT_API_URL": api_url}  # the module's test server, not a new one
     parts = out.with_name(out.name + ".parts")
@@ -167,8 +168,8 @@ def test_a_killed_run_resumes_with_its_finished_segments(
     assert "run" not in summary and all(check["ok"] for check in summary["verify"].values())
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["verified"] is True and metrics["frames"] == 48 and metrics["max_drift_s"] <= 0.002
-    assert media.count_packets(out) == media.count_packets(baseline["out"]) == 48
-    assert media.stream_hashes(out, "a") == media.stream_hashes(baseline["out"], "a")
+    assert probe.count_packets(out) == probe.count_packets(baseline["out"]) == 48
+    assert probe.stream_hashes(out, "a") == probe.stream_hashes(baseline["out"], "a")
 
 
 def test_watch_once_remasters_a_dropped_file_once(
@@ -191,7 +192,7 @@ def test_watch_once_remasters_a_dropped_file_once(
     ]
     assert watch.main(argv) == 0
     result = out / "ep01_x2.mkv"
-    assert media.count_packets(result) == 48
+    assert probe.count_packets(result) == 48
     state = json.loads((out / watch.STATE).read_text())
     assert sorted(state) == ["ep01.mkv", "notes.txt"] and state["ep01.mkv"]["status"] == "done"
     assert (

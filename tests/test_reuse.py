@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.cli import main as cli
-from stages import media, video
-from stages.reuse import HeldFrames, ReuseRule
+from remaster.cli.main import main as cli
+from remaster.video import ffmpeg, probe
+from remaster.video.reuse import HeldFrames, ReuseRule
 
 W, H = 64, 48
 
@@ -61,16 +61,16 @@ def counting_nearest(seen: list[np.ndarray]):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("mode", ["exact", "near"])
 def test_reuse_computes_exactly_the_new_drawings_per_segment(clip: Path, tmp_path: Path, mode: str) -> None:
-    info = media.probe(clip)
-    segments = video.split(info, tmp_path / "src", 0.48)
+    info = probe.probe(clip)
+    segments = ffmpeg.split(info, tmp_path / "src", 0.48)
     assert [s.frames for s in segments] == [12, 4]
     seen: list[np.ndarray] = []
     results = []
     for seg in segments:
         results.append(
-            video.upscale_segment(
+            ffmpeg.upscale_segment(
                 seg, tmp_path / f"out{seg.index}.mkv", info, counting_nearest(seen), 2,
-                video.Encode(preset="ultrafast"), batch=2, keep_frames=tmp_path / "frames",
+                ffmpeg.Encode(preset="ultrafast"), batch=2, keep_frames=tmp_path / "frames",
                 reuse=ReuseRule(mode),
             )
         )  # fmt: skip
@@ -85,11 +85,11 @@ def test_reuse_computes_exactly_the_new_drawings_per_segment(clip: Path, tmp_pat
         ref = max(c for c in COMPUTED if c <= i)
         assert np.array_equal(out, outputs[ref]), i
         assert np.abs(out[::2, ::2].astype(int) - drawn[i]).max() <= 1, i
-    off = video.upscale_segment(
-        segments[0], tmp_path / "off.mkv", info, counting_nearest([]), 2, video.Encode(preset="ultrafast")
+    off = ffmpeg.upscale_segment(
+        segments[0], tmp_path / "off.mkv", info, counting_nearest([]), 2, ffmpeg.Encode(preset="ultrafast")
     )
     assert (off.frames, off.computed) == (12, 12)
-    assert video.count_held(info, segments, ReuseRule(mode)) == (16, 6)
+    assert ffmpeg.count_held(info, segments, ReuseRule(mode)) == (16, 6)
 
 
 def test_near_catches_a_small_local_change_and_a_slow_fade() -> None:
@@ -117,18 +117,18 @@ def test_near_catches_a_small_local_change_and_a_slow_fade() -> None:
 
 def test_a_long_hold_is_one_model_call_and_bounded(tmp_path: Path) -> None:
     still = write_clip(tmp_path / "still.mkv", [drawing(5)] * 120, gop=1000)
-    info = media.probe(still)
-    seg = video.split(info, tmp_path / "src", 0)[0]
+    info = probe.probe(still)
+    seg = ffmpeg.split(info, tmp_path / "src", 0)[0]
     sizes: list[int] = []
 
     def up(frames: np.ndarray) -> np.ndarray:
         sizes.append(len(frames))
         return frames.repeat(2, axis=1).repeat(2, axis=2)
 
-    result = video.upscale_segment(seg, tmp_path / "o.mkv", info, up, 2, video.Encode(preset="ultrafast"),
+    result = ffmpeg.upscale_segment(seg, tmp_path / "o.mkv", info, up, 2, ffmpeg.Encode(preset="ultrafast"),
                                    batch=4, reuse=ReuseRule("near"))  # fmt: skip
     assert (result.frames, result.computed, sizes) == (120, 1, [1])
-    assert media.count_packets(tmp_path / "o.mkv") == 120
+    assert probe.count_packets(tmp_path / "o.mkv") == 120
 
 
 def test_dry_run_prints_what_reuse_saves_and_upscales_nothing(clip: Path, tmp_path: Path, capsys) -> None:
@@ -142,10 +142,10 @@ def test_dry_run_prints_what_reuse_saves_and_upscales_nothing(clip: Path, tmp_pa
 def test_the_flow_reports_computed_and_reused_frames_and_verifies(
     api_url: str, clip: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from flows import remaster
+    from flows import episode as remaster
     from models.a2n import A2N, A2NConfig
     from models.checkpoint import save_checkpoint
-    from stages.params import RemasterParams
+    from remaster.config import RemasterParams
 
     cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
     save_checkpoint(tmp_path / "tiny.pt", A2N(cfg), cfg)
@@ -157,7 +157,7 @@ def test_the_flow_reports_computed_and_reused_frames_and_verifies(
         with caplog.at_level(logging.INFO):
             summaries[mode] = remaster.with_workers(p)(str(clip), str(out), p)
         assert all(check["ok"] for check in summaries[mode]["verify"].values()), mode
-        assert media.count_packets(out) == 16
+        assert probe.count_packets(out) == 16
     off, near = summaries["off"]["run"], summaries["near"]["run"]
     assert (off["frames_computed"], off["frames_reused"]) == (16, 0)
     assert (near["frames_computed"], near["frames_reused"]) == (6, 10)
@@ -177,11 +177,11 @@ def test_a_long_hold_uses_constant_memory(tmp_path: Path) -> None:
     peaks = {}
     for n in (300, 1500):
         clip = write_clip(tmp_path / f"still{n}.mkv", [drawing(6)] * n, gop=100000)
-        info = media.probe(clip)
-        seg = video.split(info, tmp_path / f"src{n}", 0)[0]
+        info = probe.probe(clip)
+        seg = ffmpeg.split(info, tmp_path / f"src{n}", 0)[0]
         tracemalloc.start()
-        enc = video.Encode(preset="ultrafast")
-        result = video.upscale_segment(
+        enc = ffmpeg.Encode(preset="ultrafast")
+        result = ffmpeg.upscale_segment(
             seg, tmp_path / f"o{n}.mkv", info, counting_nearest([]), 2, enc, batch=4, reuse=ReuseRule("near")
         )
         peaks[n] = tracemalloc.get_traced_memory()[1]

@@ -20,10 +20,10 @@ import h5py
 import numpy as np
 import pytest
 
+from remaster.config import ModelParams, TrainParams
+from remaster.data.imaging import downscale
+from remaster.tracking import MlflowTracker
 from stages import train
-from stages.imaging import downscale
-from stages.params import ModelParams, TrainParams
-from stages.tracking import MlflowTracker
 
 BIN = Path(sys.executable).parent
 
@@ -184,7 +184,7 @@ def _episode_job(tmp_path: Path, server_env: dict[str, str]) -> tuple[dict[str, 
 
 
 def _assert_remastered(params: dict[str, Any]) -> None:
-    from stages.media import probe
+    from remaster.video.probe import probe
 
     got, src = probe(params["output_path"]), probe(params["input_path"])
     assert (got.width, got.height) == (2 * src.width, 2 * src.height)
@@ -198,7 +198,7 @@ def test_remaster_deployment_on_a_real_prefect_server(prefect_server: dict[str, 
     root = Path(__file__).resolve().parents[1]
     with open(log, "wb") as f:
         serve = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", "--name", "test"],
+            [sys.executable, "-m", "remaster.cli.main", "serve", "--name", "test"],
             cwd=root, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
@@ -227,8 +227,8 @@ def _busy_run(tmp_path: Path, env: dict[str, str], serve_pid: int, name: str) ->
     its output path)."""
     from models.a2n import A2N, A2NConfig
     from models.checkpoint import save_checkpoint
+    from remaster.stopping import descendants
     from stages.demo import write_clip
-    from stages.stopping import descendants
 
     cfg = A2NConfig(scale=2, n_feat=16, n_up_feat=16, n_blocks=4)
     save_checkpoint(tmp_path / "slow.pt", A2N(cfg), cfg)
@@ -308,7 +308,7 @@ def test_deployment_on_a_work_pool_runs_on_a_worker(prefect_server: dict[str, st
     api = env["PREFECT_API_URL"]
 
     dep = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "deploy", "--pool", "test-pool", "--name", "pooled"],
+        [sys.executable, "-m", "remaster.cli.main", "deploy", "--pool", "test-pool", "--name", "pooled"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert dep.returncode == 0, dep.stderr[-3000:]

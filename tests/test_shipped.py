@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.degradations import degrade, parse_spec
-from stages.imaging import downscale, modcrop
-from stages.inference import Upscaler, bicubic_upscale, default_weights, resolve_model_path
-from stages.metrics import psnr_y
+from remaster.data.degradations import degrade, parse_spec
+from remaster.data.imaging import bicubic_upscale, downscale, modcrop
+from remaster.engine.upscaler import Upscaler, default_weights, resolve_model_path
+from remaster.evaluation.metrics import psnr_y
 
 # Y-PSNR gain over bicubic on the crop below, with a margin under what the shipped files give
 MIN_GAIN = {2: 6.0, 4: 2.0}

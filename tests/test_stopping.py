@@ -16,7 +16,8 @@ from test_video import make_episode
 
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from stages import media, stopping, video
+from remaster import stopping
+from remaster.video import ffmpeg, probe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def command(assets: dict[str, Path], out: Path) -> list[str]:
-    return [sys.executable, "-m", "flows.remaster", str(assets["episode"]), "-o", str(out), "--scale", "2",
+    return [sys.executable, "-m", "flows.episode", str(assets["episode"]), "-o", str(out), "--scale", "2",
             "--model", str(assets["model"]), "--segment-seconds", "0.5", "--preset", "ultrafast",
             "--workers", "1", "--batch", "1", "--params", str(assets["params"]), "--no-track"]  # fmt: skip
 
@@ -103,14 +104,14 @@ def test_a_signal_stops_the_run_within_10_s_and_it_resumes(
     parts = out.with_name(out.name + ".parts")
     finished = sorted(parts.glob("*/out/seg_*.mkv"))
     for seg in finished:
-        assert media.count_packets(seg) > 0
+        assert probe.count_packets(seg) > 0
     if when == "in the model" and signum == signal.SIGTERM:
         again = subprocess.run(command(assets, out), cwd=ROOT, env={**os.environ, "PREFECT_API_URL": api_url},
                                capture_output=True, text=True, timeout=300)  # fmt: skip
         logs = again.stdout + again.stderr
         assert again.returncode == 0, logs[-3000:]
         assert f"4 segments: {len(finished)} reused from an earlier run" in logs
-        assert out.exists() and media.count_packets(out) == 48 and "verified: frames ok" in logs
+        assert out.exists() and probe.count_packets(out) == 48 and "verified: frames ok" in logs
         # drawn on twos: the resumed segments computed only every other frame
         left = 48 - 12 * len(finished)
         assert f"{left} frames upscaled: {left // 2} computed by the model, {left // 2} reused" in logs
@@ -119,8 +120,8 @@ def test_a_signal_stops_the_run_within_10_s_and_it_resumes(
 def test_a_truncated_source_is_refused_with_the_reason(small: dict, tmp_path: Path) -> None:
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(small["src"].read_bytes()[: small["src"].stat().st_size // 2])
-    with pytest.raises(media.VideoError, match=r"cut.mkv: truncated or damaged: \d+ frames decode"):
-        media.probe(cut)
+    with pytest.raises(probe.VideoError, match=r"cut.mkv: truncated or damaged: \d+ frames decode"):
+        probe.probe(cut)
 
 
 def test_children_are_terminated_and_reaped_and_a_stop_refuses_new_ones() -> None:
@@ -145,8 +146,8 @@ def test_children_are_terminated_and_reaped_and_a_stop_refuses_new_ones() -> Non
 def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     folder = tmp_path_factory.mktemp("faults")
     src = make_episode(folder, size="96x72", seconds=1.0)
-    info = media.probe(src)
-    return {"folder": folder, "src": src, "info": info, "segments": video.split(info, folder / "src", 0)}
+    info = probe.probe(src)
+    return {"folder": folder, "src": src, "info": info, "segments": ffmpeg.split(info, folder / "src", 0)}
 
 
 def _child(word: str) -> subprocess.Popen[bytes]:
@@ -172,8 +173,8 @@ def test_a_dying_ffmpeg_fails_the_segment_with_its_name(
         RuntimeError,
         match=rf"({who} segment 0 failed \(exit -9\)|segment 0: \d+ frames decoded, 24 expected)",
     ):
-        enc = video.Encode(preset="ultrafast")
-        video.upscale_segment(small["segments"][0], dst, small["info"], up, 2, enc, batch=2)
+        enc = ffmpeg.Encode(preset="ultrafast")
+        ffmpeg.upscale_segment(small["segments"][0], dst, small["info"], up, 2, enc, batch=2)
     assert not dst.exists() and not list(tmp_path.iterdir())  # no partial output
     assert not stopping.live_children()
 
@@ -185,32 +186,34 @@ def test_a_full_disk_fails_the_segment_and_leaves_no_file(
     def full(target):  # type: ignore[no-untyped-def]
         yield Path("/dev/full")  # every write: ENOSPC
 
-    monkeypatch.setattr(video, "atomic_path", full)
+    monkeypatch.setattr(ffmpeg, "atomic_path", full)
     with pytest.raises(
         RuntimeError, match=r"encoding segment 0 wrote 0 of 24 frames to seg.mkv \(a full disk"
     ):
-        video.upscale_segment(small["segments"][0], tmp_path / "seg.mkv", small["info"],
+        ffmpeg.upscale_segment(small["segments"][0], tmp_path / "seg.mkv", small["info"],
                               lambda f: f.repeat(2, axis=1).repeat(2, axis=2), 2,
-                              video.Encode(preset="ultrafast"))  # fmt: skip
+                              ffmpeg.Encode(preset="ultrafast"))  # fmt: skip
     assert not list(tmp_path.iterdir()) and not stopping.live_children()
 
 
 def test_a_changed_model_file_stops_the_next_segment(small: dict, tmp_path: Path) -> None:
     from flows.runners import ModelSpec
     from flows.segments import upscale_segment
-    from stages.fsutil import sha256_file
+    from remaster.files import sha256_file
 
     cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
     model = save_checkpoint(tmp_path / "m.pt", A2N(cfg), cfg) or tmp_path / "m.pt"
     spec = ModelSpec(str(model), sha256_file(model), 2)
     seg = small["segments"][0]
     assert (
-        upscale_segment(seg, tmp_path / "a.mkv", small["info"], spec, video.Encode(preset="ultrafast")).frames
+        upscale_segment(
+            seg, tmp_path / "a.mkv", small["info"], spec, ffmpeg.Encode(preset="ultrafast")
+        ).frames
         == 24
     )
     save_checkpoint(model, A2N(cfg), cfg, step=2)  # replaced between segments
     with pytest.raises(RuntimeError, match=r"the model file .*m\.pt changed during the run"):
-        upscale_segment(seg, tmp_path / "b.mkv", small["info"], spec, video.Encode(preset="ultrafast"))
+        upscale_segment(seg, tmp_path / "b.mkv", small["info"], spec, ffmpeg.Encode(preset="ultrafast"))
     assert not (tmp_path / "b.mkv").exists()
 
 
@@ -234,8 +237,8 @@ def test_a_second_run_on_the_same_output_names_the_first(small: dict, tmp_path: 
 
 
 def test_media_roots_refuse_paths_outside_them(tmp_path: Path) -> None:
-    from flows.remaster import check_roots
-    from stages.params import RemasterParams
+    from flows.episode import check_roots
+    from remaster.config import RemasterParams
 
     inside = tmp_path / "media"
     (inside / "in").mkdir(parents=True)
@@ -252,8 +255,9 @@ def test_watch_records_every_bad_file_and_goes_on(api_url: str, small: dict, tmp
     import json
     import shutil
 
-    from flows import remaster, watch
-    from stages.params import RemasterParams
+    from flows import episode as remaster
+    from flows import watch
+    from remaster.config import RemasterParams
 
     cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
     save_checkpoint(tmp_path / "tiny.pt", A2N(cfg), cfg)
@@ -293,7 +297,7 @@ def test_watch_records_every_bad_file_and_goes_on(api_url: str, small: dict, tmp
     assert state["b_vanishes.mkv"]["error"].endswith("b_vanishes.mkv: no such file")
     assert "c_text.mp4" in state["c_text.mp4"]["error"]
     assert handled.count("e_growing.mkv") == 1 and len(polls) >= 4  # taken only once it settled
-    assert media.count_packets(out / "e_growing_remastered.mkv") == 24
+    assert probe.count_packets(out / "e_growing_remastered.mkv") == 24
     assert not stopping.live_children()
 
 

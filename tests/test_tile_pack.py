@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from remaster.config import IngestParams, PackParams, TileParams
+from remaster.data.imaging import downscale
+from remaster.training.dataset import PairDataset, StepSampler, TileDataset
 from stages import ingest, pack, tile
-from stages.dataset import PairDataset, StepSampler, TileDataset
 from stages.demo import write_images
-from stages.imaging import downscale
-from stages.params import IngestParams, PackParams, TileParams
 
 
 def test_positions_cover_the_edges() -> None:

@@ -34,10 +34,10 @@ import torch
 
 from models.a2n import is_upsampler_key
 from models.checkpoint import read_checkpoint
+from remaster.config import ModelParams, TrainParams
+from remaster.data.imaging import downscale
+from remaster.tracking import MlflowTracker, NullTracker
 from stages import train
-from stages.imaging import downscale
-from stages.params import ModelParams, TrainParams
-from stages.tracking import MlflowTracker, NullTracker
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelParams(n_feat=8, n_up_feat=8, n_blocks=2)
@@ -364,10 +364,10 @@ def test_gpu_trains_in_bf16_channels_last(
 
 
 def test_heartbeat_logs_progress_without_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
-    from stages.train_utils import Heartbeat
+    from remaster.training.loop import Heartbeat
 
     beat = Heartbeat(total=10, start=4, enabled=True, every=0.0)
-    with caplog.at_level("INFO", logger="stages.train_utils"):
+    with caplog.at_level("INFO", logger="remaster.training.loop"):
         beat.tick(5, 0.5)
         beat.tick(6, 0.25)
     lines = [r.getMessage() for r in caplog.records]

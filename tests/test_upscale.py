@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from flows.cli import main as cli
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from stages.pictures import Picture, read_picture, write_png16
-from stages.upscale import plan, upscale_picture
+from remaster.cli.main import main as cli
+from remaster.cli.upscale import plan, upscale_picture
+from remaster.data.pictures import Picture, read_picture, write_png16
 
 torch.set_num_threads(2)
 RNG = np.random.default_rng(0)

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from stages.fsutil import sha256_file
+from remaster.files import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,9 @@ import h5py
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from stages.degradations import Degradation, degrade
-from stages.fsutil import display_path
-from stages.imaging import modcrop, to_rgb8
-from stages.ingest import EXTENSIONS
+from remaster.data.degradations import Degradation, degrade
+from remaster.data.imaging import EXTENSIONS, modcrop, to_rgb8
+from remaster.files import display_path
 
 log = logging.getLogger(__name__)
 

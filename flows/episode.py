@@ -29,14 +29,17 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.runners import RUNNERS, ModelSpec, make_task_runner, upscaler
 from flows.segments import locked, reassemble_task, segment_key, split_task, upscale_all
-from stages import media, stopping, video
-from stages.common import prepare, stage_parser
-from stages.fsutil import sha256_file, write_json
-from stages.inference import Upscaler, bicubic_upscale, resolve_model_path
-from stages.params import RemasterParams, flatten
-from stages.reuse import REUSE_MODES, ReuseRule
-from stages.tracking import NullTracker, Tracker
-from stages.verify import verify
+from remaster import stopping
+from remaster.commandline import prepare, stage_parser
+from remaster.config import RemasterParams, flatten
+from remaster.data.imaging import bicubic_upscale
+from remaster.engine.upscaler import Upscaler
+from remaster.files import sha256_file, write_json
+from remaster.model_source import resolve_model
+from remaster.tracking import NullTracker, Tracker
+from remaster.video import ffmpeg, probe
+from remaster.video.reuse import REUSE_MODES, ReuseRule
+from remaster.video.verify import verify
 
 EXPERIMENT = "remaster"
 CONTAINERS = (".mkv", ".mp4", ".m4v", ".mov")
@@ -77,13 +80,13 @@ def check_job(p: RemasterParams, source: Path, output: Path, overwrite: bool) ->
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
 
 
-def side_by_side(info: media.VideoInfo, up: Upscaler, deinterlace: bool) -> np.ndarray:
+def side_by_side(info: probe.VideoInfo, up: Upscaler, deinterlace: bool) -> np.ndarray:
     """The middle frame, bicubic on the left and A2N on the right: (H*s, 2*W*s, 3) uint8."""
-    frame = video.extract_frame(info, info.frames // 2, deinterlace)
+    frame = ffmpeg.extract_frame(info, info.frames // 2, deinterlace)
     return np.concatenate([bicubic_upscale(frame, up.scale), up.upscale_image(frame)], axis=1)
 
 
-probe_task = task(name="probe", cache_policy=NO_CACHE)(media.probe)
+probe_task = task(name="probe", cache_policy=NO_CACHE)(probe.probe)
 verify_task = task(name="verify", cache_policy=NO_CACHE)(verify)
 
 
@@ -113,9 +116,9 @@ def remaster_episode(
     with trk.start_run(EXPERIMENT, f"{src.stem}-x{p.scale}"):
         with timed(seconds, "probe"):
             info = probe_task(src)
-            model_path = resolve_model_path(p.model or None, p.scale, default="video")
+            model_path = resolve_model(p.model or None, p.scale, default="video")
             model: dict[str, Any] = {"path": str(model_path), "sha256": sha256_file(model_path)}
-            enc = video.Encode(p.codec, p.crf, p.preset, video.resolve_pix_fmt(p.pix_fmt, info))
+            enc = ffmpeg.Encode(p.codec, p.crf, p.preset, ffmpeg.resolve_pix_fmt(p.pix_fmt, info))
             deinterlace = p.deinterlace == "on" or (p.deinterlace == "auto" and info.interlaced)
             if info.decode_errors:
                 get_run_logger().warning(
@@ -151,7 +154,7 @@ def remaster_episode(
             os.replace(muxed, out)
         shutil.rmtree(parts, ignore_errors=True)
         seconds["wall"] = round(time.perf_counter() - started, 3)
-        out_w, out_h = video.output_size(info, p.scale)
+        out_w, out_h = ffmpeg.output_size(info, p.scale)
         summary: dict[str, Any] = {
             "input": str(src),
             "output": str(out),
@@ -162,7 +165,7 @@ def remaster_episode(
             "frames": info.frames,
             "segments": len(segments),
             "source": info.summary(),
-            "result": {"width": out_w, "height": out_h, "colour": vars(video.output_colour(info, out_h))},
+            "result": {"width": out_w, "height": out_h, "colour": vars(ffmpeg.output_colour(info, out_h))},
             "verify": checks,
             "run": {
                 "segments_reused": reused,
@@ -188,7 +191,7 @@ def track(
     trk: Tracker,
     summary: dict[str, Any],
     p: RemasterParams,
-    info: media.VideoInfo,
+    info: probe.VideoInfo,
     up: Upscaler,
     deinterlace: bool,
 ) -> None:
@@ -294,12 +297,12 @@ def with_workers(p: RemasterParams) -> Any:
 def reuse_preview(src: Path, p: RemasterParams) -> str:
     """A table of what each reuse mode would save on ``src``: decoded and compared, never upscaled."""
     ReuseRule(p.reuse, p.reuse_tolerance)
-    info = media.probe(src)
+    info = probe.probe(src)
     deinterlace = p.deinterlace == "on" or (p.deinterlace == "auto" and info.interlaced)
     rules = [ReuseRule("exact"), ReuseRule("near", p.reuse_tolerance)]
     with tempfile.TemporaryDirectory() as tmp:
-        segments = video.split(info, Path(tmp), p.segment_seconds)
-        counts = [video.count_held(info, segments, rule, deinterlace) for rule in rules]
+        segments = ffmpeg.split(info, Path(tmp), p.segment_seconds)
+        counts = [ffmpeg.count_held(info, segments, rule, deinterlace) for rule in rules]
     lines = [f"{src}: {info.frames} frames in {len(segments)} segments of ~{p.segment_seconds:g} s",
              "| reuse | frames computed | frames reused | model calls saved |",
              "| --- | ---: | ---: | ---: |", f"| off | {info.frames} | 0 | 1.00x |"]  # fmt: skip
@@ -335,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run_reuse:
         try:
             print(reuse_preview(Path(args.input), p))
-        except (media.VideoError, FileNotFoundError, ValueError, RuntimeError) as e:
+        except (probe.VideoError, FileNotFoundError, ValueError, RuntimeError) as e:
             print(f"remaster video: error: {e}", file=sys.stderr)
             return 1
         return 0
@@ -343,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         with stopping.stop_on_signals("remaster video", resume):
             summary = with_workers(p)(args.input, args.output, p, args.overwrite, args.keep_frames, tracker)
     except (
-        media.VideoError,
-        video.VerifyError,
+        probe.VideoError,
+        ffmpeg.VerifyError,
         FileNotFoundError,
         FileExistsError,
         ValueError,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stages.media import VideoInfo, ffprobe_json, packet_times, stream_hashes
-from stages.video import VerifyError, output_size
+from remaster.video.ffmpeg import VerifyError, output_size
+from remaster.video.probe import VideoInfo, ffprobe_json, packet_times, stream_hashes
 
 
 def _layout(streams: list[dict[str, Any]]) -> list[str]:

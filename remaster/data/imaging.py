@@ -17,6 +17,13 @@ from PIL import Image
 KERNEL = "matlab-bicubic-aa"
 
 
+# The image files a scrape may hold, by suffix, with the format Pillow must find inside.
+EXTENSIONS = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
+    ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF",
+}  # fmt: skip
+
+
 def _cubic(x: np.ndarray) -> np.ndarray:
     """Keys' cubic convolution kernel with a = -0.5, as MATLAB uses."""
     ax = np.abs(x)
@@ -68,6 +75,11 @@ def imresize(img: np.ndarray, scale: float) -> np.ndarray:
         if quantise:
             data = np.clip(np.round(data), 0, 255)
     return data.astype(np.uint8) if quantise else data
+
+
+def bicubic_upscale(img: np.ndarray, scale: int) -> np.ndarray:
+    """The baseline every score is set beside: MATLAB-style bicubic, (H, W, 3) uint8 -> x``scale``."""
+    return imresize(img, float(scale))
 
 
 def downscale(hr: np.ndarray, factor: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""ffmpeg for the video remaster: split, upscale through pipes, concat, mux (``stages.verify`` checks).
+"""ffmpeg for the video remaster: split, upscale through pipes, concat, mux (checked by
+``remaster.video.verify``).
 
 Every call is an argument list, never a shell string, and every step checks what it made: a
 dropped frame silently desynchronises the audio, so frames are counted at the split, at the
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import stopping
-from stages.fsutil import atomic_path
-from stages.media import (
+from remaster import stopping
+from remaster.files import atomic_path
+from remaster.video.probe import (
     BT601,
     DEFAULT_TAGS,
     FFMPEG,
@@ -40,7 +41,7 @@ from stages.media import (
     run_ffmpeg,
     tail_text,
 )
-from stages.reuse import NO_REUSE, HeldFrames, ReuseRule
+from remaster.video.reuse import NO_REUSE, HeldFrames, ReuseRule
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ def upscale_segment(
 ) -> SegmentResult:
     """Decode ``seg`` to rgb24, ``upscale`` batches of (N, H, W, 3) uint8, encode to ``dst`` (atomic).
 
-    With ``reuse`` on, a frame that repeats the last computed one (``stages.reuse``) takes its
+    With ``reuse`` on, a frame that repeats the last computed one (``remaster.video.reuse``) takes its
     output again instead of a model call; batches still fill with frames that need the model.
     ``progress(frames, computed)`` is called as frames go to the encoder.
     """

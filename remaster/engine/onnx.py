@@ -1,5 +1,5 @@
-"""``remaster export``: A2N to ONNX (with the ONNX Runtime backend of the ``Upscaler``), or to
-a bare safetensors file, the form the shipped weights take.
+"""A2N to ONNX (and the ONNX Runtime backend of the ``Upscaler``), or to a bare safetensors file,
+the form the shipped weights take. The command is ``remaster export`` (``remaster.cli.export``).
 
 The graph takes ``lr`` (N, 3, H, W) RGB in [0, 1] with N, H and W free, and gives ``sr``
 (N, 3, H*s, W*s), unclamped, like ``A2N.forward``. Its metadata carries the A2N config, so the
@@ -7,33 +7,27 @@ backend needs nothing else. Each export is checked against torch on a small inpu
 kept. onnx and onnxruntime are an optional extra: ``pip install -e ".[onnx]"``.
 
 ONNX Runtime runs the whole graph at once, so the exact block-by-block tiling of
-``stages.inference`` is not available to it: it takes whole frames by default, and an explicit
+``remaster.engine.upscaler`` is not available to it: it takes whole frames by default, and an explicit
 ``--tile`` gives feathered tiles that differ from the whole image by a few grey levels (the
 attention dropout module pools over its input).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import load_model, save_safetensors
-from stages.common import setup_logging
-from stages.cpu import cpu_cores
-from stages.fsutil import atomic_path, sha256_file
-from stages.inference import resolve_model_path
-
-if TYPE_CHECKING:
-    from stages.inference import Upscaler
+from remaster.engine.cpu import cpu_cores
+from remaster.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +111,11 @@ class OnnxModel:
         return torch.from_numpy(np.asarray(out)).to(x.device)
 
 
-def load_onnx_upscaler(
-    cls: type[Upscaler],
-    path: Path,
-    scale: int,
-    device: torch.device,
-    precision: str,
-    tile: int | None,
-    overlap: int,
-    cuda_graphs: bool = False,
-) -> Upscaler:
-    """The ``Upscaler`` for ``--backend onnx``; a checkpoint is exported to a temporary file first.
-    ``cuda_graphs`` is passed on, for ``Upscaler`` to refuse (they need the torch backend)."""
+def load_onnx_runner(
+    path: Path, scale: int, device: torch.device, precision: str, tile: int | None
+) -> tuple[OnnxModel, dict[str, Any]]:
+    """The model and its info for ``--backend onnx`` (``Upscaler.load`` wraps them); a checkpoint is
+    exported to a temporary file first."""
     info: dict[str, Any] = {"source": "onnx", "path": str(path)}
     if path.suffix == ".onnx":
         runner = OnnxModel(path, device)
@@ -144,49 +131,5 @@ def load_onnx_upscaler(
     if precision not in ("auto", "fp32"):
         log.warning("the onnx backend runs in fp32; ignoring --precision %s", precision)
     if tile:
-        log.warning("onnx backend: %d px tiles are feathered, not exact (see stages/export.py)", tile)
-    return cls(
-        runner,
-        runner.config,
-        device,
-        "fp32",
-        tile or 0,
-        overlap,
-        info,
-        backend="onnx",
-        cuda_graphs=cuda_graphs,
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="remaster export", description="Export A2N to ONNX, or to safetensors (weights and config only)."
-    )
-    parser.add_argument("--format", choices=FORMATS, default="onnx")
-    parser.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
-    parser.add_argument("--model", help="a checkpoint or .safetensors (default: the shipped weights)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="the .onnx or .safetensors file")
-    parser.add_argument("--opset", type=int, default=OPSET)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    path = resolve_model_path(args.model, args.scale)
-    model, _, info = load_model(path, scale=args.scale if path.suffix != ".safetensors" else None)
-    if model.scale != args.scale:
-        raise SystemExit(f"remaster export: {path} is an x{model.scale} model, not x{args.scale}")
-    source = f"{path.name} sha256:{sha256_file(path)}"
-    if args.format == "safetensors":
-        export_safetensors(model, args.output, source=source, step=info["step"], data_hash=info["data_hash"])
-        log.info("wrote %s (x%d, %d bytes)", args.output, args.scale, args.output.stat().st_size)
-        return 0
-    diff = export_onnx(model, args.output, opset=args.opset, source=source)
-    log.info("wrote %s (x%d); ONNX Runtime matches torch to %.1e", args.output, args.scale, diff)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        log.warning("onnx backend: %d px tiles are feathered, not exact (see remaster/engine/onnx.py)", tile)
+    return runner, info

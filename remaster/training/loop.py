@@ -1,7 +1,7 @@
 """Helpers for ``stages.train``: devices and DDP, resuming, loss and validation.
 
 Nothing here keeps state between calls; ``stages.train.run`` reads top to bottom and calls in.
-The history files and pictures are in ``stages.train_report``.
+The history files and pictures are in ``remaster.training.report``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import torch.distributed as dist
 
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import load_body, load_model, read_checkpoint
-from stages.cpu import keep_freed_memory
-from stages.dataset import TileDataset
-from stages.fsutil import sha256_file
-from stages.inference import bicubic_upscale
-from stages.metrics import psnr_y_torch, ssim_y_torch
-from stages.params import TrainParams, as_dict
+from remaster.config import TrainParams, as_dict
+from remaster.data.imaging import bicubic_upscale
+from remaster.engine.cpu import keep_freed_memory
+from remaster.evaluation.metrics import psnr_y_torch, ssim_y_torch
+from remaster.files import sha256_file
+from remaster.training.dataset import TileDataset
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def runtime() -> Iterator[Runtime]:
         # every core, shared among this machine's ranks, unless OMP_NUM_THREADS says otherwise
         threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_world))
-        keep_freed_memory()  # no page faults for each new activation (see stages.cpu)
+        keep_freed_memory()  # no page faults for each new activation (see remaster.engine.cpu)
         # channels_last: 1.5x faster fp32 training here (benchmarks/train_throughput.py)
         bf16, channels_last = os.environ.get(CPU_BF16_ENV, "") == "1", True
     owns_group = world > 1 and not dist.is_initialized()

@@ -14,8 +14,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from stages.params import Params, load_params
-from stages.tracking import Tracker, make_tracker
+from remaster.config import Params, load_params
+from remaster.tracking import Tracker, make_tracker
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
 """What is in a media file, from ffprobe and one decode pass: streams, timing, colour,
-interlacing, packet counts and stream hashes. ``stages.video`` builds the remaster on it.
+interlacing, packet counts and stream hashes. ``remaster.video.ffmpeg`` builds the remaster on it.
 
 Every call is an argument list, never a shell string. A source that cannot be remastered raises
 ``VideoError`` with the reason.
@@ -18,7 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from stages import stopping
+from remaster import stopping
 
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"

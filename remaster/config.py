@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 
 LR_KINDS = ("bicubic", "realistic")
-# What a degradation chain (stages.degradations) may hold; checked here when params load.
+# What a degradation chain (remaster.data.degradations) may hold; checked here when params load.
 KERNELS = ("bicubic", "area", "bilinear", "lanczos")
 CODECS = ("none", "chroma", "x264", "mpeg2", "jpeg")
 QUALITY_RANGE = {"x264": (0, 51), "mpeg2": (1, 31), "jpeg": (1, 100)}  # CRF, -qscale:v, quality
@@ -60,7 +60,7 @@ class TileParams:
 
 @dataclass(frozen=True)
 class RealisticParams:
-    """How ``pack.degradation: realistic`` draws each tile's chain (``stages.degradations``).
+    """How ``pack.degradation: realistic`` draws each tile's chain (``remaster.data.degradations``).
 
     Ranges are [low, high], drawn uniformly. The codec and its quality are drawn once per image
     and scale (all of an image's tiles go through one encode); the kernel, blur and noise per tile.

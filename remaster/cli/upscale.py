@@ -32,10 +32,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from stages.common import progress_enabled, quiet_environment, setup_logging
-from stages.fsutil import atomic_path, display_path
-from stages.inference import BACKENDS, PRECISIONS, Upscaler
-from stages.pictures import Picture, read_picture, save_picture
+from remaster.commandline import progress_enabled, quiet_environment, setup_logging
+from remaster.data.pictures import Picture, read_picture, save_picture
+from remaster.engine.upscaler import BACKENDS, PRECISIONS, Upscaler
+from remaster.files import atomic_path, display_path
+from remaster.model_source import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs, missing = plan(args.inputs, args.out, args.format)
     try:
         up = Upscaler.load(
-            args.model,
+            str(resolve_model(args.model, args.scale)),
             args.scale,
             device=args.device,
             precision=args.precision,

@@ -6,7 +6,7 @@ trained on clean LR upscales that codec's blocks and ringing as if they were dra
 ``Degradation`` is one such chain, in this order:
 
 1. Gaussian blur of the HR (``blur`` = sigma in HR pixels; 0 = none);
-2. downscale by the scale with ``kernel``: the MATLAB-style bicubic of ``stages.imaging``, or
+2. downscale by the scale with ``kernel``: the MATLAB-style bicubic of ``remaster.data.imaging``, or
    Pillow's anti-aliased ``area`` (box), ``bilinear`` or ``lanczos``;
 3. Gaussian noise (``noise`` = sigma in grey levels; 0 = none);
 4. ``codec``: ``x264`` (libx264 at CRF ``q``), ``mpeg2`` (the DVD codec, ``-qscale:v q``) or
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from stages.imaging import downscale
-from stages.params import BLUR_MAX, CODECS, KERNELS, NOISE_MAX, QUALITY_RANGE, RANGE_KEYS, RealisticParams
+from remaster.config import BLUR_MAX, CODECS, KERNELS, NOISE_MAX, QUALITY_RANGE, RANGE_KEYS, RealisticParams
+from remaster.data.imaging import downscale
 
 CLEAN_NAMES = ("bicubic", "clean")
 # The quality key of each codec on the command line, and its allowed range.

@@ -1,7 +1,7 @@
 """The one inference engine behind every command that runs the model (evaluate, upscale, video).
 
 An ``Upscaler`` is a loaded model with its device, precision and tile size. Frames that fit in
-one tile run whole; larger ones run through ``stages.tiling`` (exact for A2N, see there).
+one tile run whole; larger ones run through ``remaster.engine.tiling`` (exact for A2N, see there).
 
 Every ``Upscaler`` runs an A2N as ``models.a2n.fuse_for_inference`` rewrites it: each block's
 three 3x3 convs that read the same activation run as one wide conv, and each nearest-upsample +
@@ -24,10 +24,9 @@ import torch
 
 from models.a2n import A2N, A2NConfig, fuse_for_inference
 from models.checkpoint import load_model
-from stages.cpu import available_memory, cpu_cores, cpu_has_bf16, keep_freed_memory
-from stages.graphs import GraphedForward
-from stages.imaging import imresize
-from stages.tiling import Model, a2n_tiled_forward, shared_lanes, tiled_forward
+from remaster.engine.cpu import available_memory, cpu_cores, cpu_has_bf16, keep_freed_memory
+from remaster.engine.cuda_graphs import GraphedForward
+from remaster.engine.tiling import Model, a2n_tiled_forward, shared_lanes, tiled_forward
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ CPU_TILE = 288  # 2-core Xeon, lanes, 576x432 x2: 8% faster than 192 px tiles, 1
 
 # The shipped weights by name: ``clean`` learned from clean bicubic LR (images, the paper's
 # setting); ``video`` from LR degraded like a real episode (codecs, blur, noise; see
-# stages.degradations), the default of ``remaster video``.
+# remaster.data.degradations), the default of ``remaster video``.
 SHIPPED = {"clean": "a2n_anime_x{scale}.safetensors", "video": "a2n_anime_video_x{scale}.safetensors"}
 
 
@@ -49,25 +48,16 @@ def default_weights(scale: int, name: str = "clean") -> Path:
 
 
 def resolve_model_path(spec: str | None, scale: int, default: str = "clean") -> Path:
-    """A file path for ``spec``: a shipped name (``clean``, ``video``; None = ``default``), a path,
-    or ``models:/name@alias``."""
+    """A file path for ``spec``: a shipped name (``clean``, ``video``; None = ``default``) or a path.
+    ``remaster.model_source.resolve_model`` also takes ``models:/name@alias``."""
     spec = spec or default
     if spec in SHIPPED:
         path = default_weights(scale, spec)
         if not path.exists():
             raise FileNotFoundError(f"no shipped {spec} weights for x{scale} at {path}; pass --model PATH")
         return path
-    if spec.startswith("models:/"):
-        import mlflow
-
-        from stages.tracking import default_tracking_uri
-
-        mlflow.set_tracking_uri(default_tracking_uri())
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
-        found = sorted(local.rglob("*.pt")) + sorted(local.rglob("*.safetensors"))
-        if not found:
-            raise FileNotFoundError(f"{spec} holds no checkpoint (looked in {local})")
-        return found[0]
+    if spec.startswith("models:/"):  # the engine knows files; the registry is remaster.tracking's
+        raise ValueError(f"{spec}: resolve a registered model with remaster.model_source.resolve_model first")
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"model {spec} does not exist")
@@ -155,7 +145,7 @@ class Upscaler:
         """Load ``spec`` (see ``resolve_model_path``; a ``.onnx`` file runs on ONNX Runtime) for
         ``scale`` and pick device, precision and tile (None: from memory; 0: whole frames).
         ``compile`` runs the model through ``torch.compile``; ``cuda_graphs`` replays it from CUDA
-        graphs (``stages.graphs``), with or without ``compile``."""
+        graphs (``remaster.engine.cuda_graphs``), with or without ``compile``."""
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         dev = pick_device(device)
@@ -163,9 +153,20 @@ class Upscaler:
             torch.set_num_threads(cpu_cores())
         path = resolve_model_path(spec, scale)
         if backend == "onnx" or (backend == "auto" and path.suffix == ".onnx"):
-            from stages.export import load_onnx_upscaler
+            from remaster.engine.onnx import load_onnx_runner
 
-            return load_onnx_upscaler(cls, path, scale, dev, precision, tile, overlap, cuda_graphs)
+            runner, info = load_onnx_runner(path, scale, dev, precision, tile)
+            return cls(
+                runner,
+                runner.config,
+                dev,
+                "fp32",
+                tile or 0,
+                overlap,
+                info,
+                backend="onnx",
+                cuda_graphs=cuda_graphs,
+            )
         model, config, info = load_model(path, scale=scale if path.suffix != ".safetensors" else None)
         if config.scale != scale:
             raise ValueError(f"{path} is an x{config.scale} model, not x{scale}")
@@ -251,8 +252,3 @@ class Upscaler:
     def upscale_image(self, img: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (H*s, W*s, 3) uint8."""
         return self.upscale_frames(img[None])[0]
-
-
-def bicubic_upscale(img: np.ndarray, scale: int) -> np.ndarray:
-    """The baseline every score is set beside: MATLAB-style bicubic, (H, W, 3) uint8 -> x``scale``."""
-    return imresize(img, float(scale))

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stages.dataset import TileDataset
-from stages.fsutil import atomic_path, write_text
-from stages.metrics import quantize
-from stages.train_utils import History, Runtime, bicubic, upscale
+from remaster.evaluation.metrics import quantize
+from remaster.files import atomic_path, write_text
+from remaster.training.dataset import TileDataset
+from remaster.training.loop import History, Runtime, bicubic, upscale
 
 log = logging.getLogger(__name__)
 

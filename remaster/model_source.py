@@ -1,0 +1,24 @@
+"""Where a ``--model`` points: a shipped name (``clean``, ``video``), a file, or a registered model
+(``models:/name@alias``, downloaded from the MLflow registry). The engine loads files only; this
+module is the one place that also knows the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from remaster.engine.upscaler import resolve_model_path
+from remaster.tracking import default_tracking_uri
+
+
+def resolve_model(spec: str | None, scale: int, default: str = "clean") -> Path:
+    """A file path for ``spec``; None means the shipped ``default`` weights."""
+    if not (spec or "").startswith("models:/"):
+        return resolve_model_path(spec, scale, default)
+    import mlflow
+
+    mlflow.set_tracking_uri(default_tracking_uri())
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
+    found = sorted(local.rglob("*.pt")) + sorted(local.rglob("*.safetensors"))
+    if not found:
+        raise FileNotFoundError(f"{spec} holds no checkpoint (looked in {local})")
+    return found[0]
