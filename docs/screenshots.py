@@ -57,7 +57,7 @@ def shoot(url: str, out: Path, width: int = 1500, height: int = 950, wait_ms: in
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", type=Path, default=ROOT / ".mlflow" / "mlflow.db")
+    ap.add_argument("--store", type=Path, default=ROOT / "mlflow.db")
     ap.add_argument("--report", type=Path, default=ROOT / "reports" / "eval" / "report.html")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     args = ap.parse_args()

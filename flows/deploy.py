@@ -1,4 +1,4 @@
-"""``remaster deploy``: the flows as deployments on a Prefect work pool, run by workers.
+"""The flows as deployments on a Prefect work pool, run by workers (``remaster deploy``).
 
     remaster deploy --pool remaster            # once, against PREFECT_API_URL
     prefect worker start --pool remaster       # on each machine that should run flows
@@ -14,15 +14,12 @@ environment. The pool is created, of type ``process``, if it does not exist.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any, cast
 
 from prefect import Flow, get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-
-from remaster.commandline import quiet_environment, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +54,3 @@ def deploy(pool: str, name: str) -> list[str]:
         log.info("deployed %s/%s on the pool %r", loaded.name, name, pool)
         ids.append(str(deployment_id))
     return ids
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="remaster deploy", description=__doc__.splitlines()[0])
-    parser.add_argument("--pool", default="remaster", help="work pool (default: %(default)s)")
-    parser.add_argument("--name", default="remaster", help="deployment name (default: %(default)s)")
-    args = parser.parse_args(argv)
-    setup_logging()
-    quiet_environment()
-    deploy(args.pool, args.name)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The ``remaster-episode`` flow and ``remaster video``: probe -> split -> upscale -> reassemble -> verify.
+"""The ``remaster-episode`` flow (``remaster video`` runs it): probe, split, upscale, reassemble, verify.
 
 Segments are upscaled as Prefect tasks on a thread pool (``remaster.workers``: one at a time on
 a CPU, where one upscale already uses every core), or on Dask workers (``remaster.runner``, see
@@ -11,12 +11,10 @@ inside the parts folder, then renamed), and the parts folder goes once OUTPUT is
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,30 +25,22 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.runners import RUNNERS, ModelSpec, make_task_runner, upscaler
+from flows.runners import ModelSpec, make_task_runner, upscaler
 from flows.segments import locked, reassemble_task, segment_key, split_task, upscale_all
 from remaster import stopping
-from remaster.commandline import prepare, stage_parser
-from remaster.config import RemasterParams, flatten
+from remaster.config import RemasterParams, check_choices, flatten
 from remaster.data.imaging import bicubic_upscale
 from remaster.engine.upscaler import Upscaler
-from remaster.files import sha256_file, write_json
+from remaster.files import sha256_file
 from remaster.model_source import resolve_model
 from remaster.tracking import NullTracker, Tracker
 from remaster.video import ffmpeg, probe
-from remaster.video.reuse import REUSE_MODES, ReuseRule
+from remaster.video.reuse import ReuseRule
 from remaster.video.verify import verify
 
 EXPERIMENT = "remaster"
 CONTAINERS = (".mkv", ".mp4", ".m4v", ".mov")
-CHOICES = {
-    "scale": (2, 4),
-    "codec": ("libx264", "libx265"),
-    "pix_fmt": ("auto", "yuv420p", "yuv420p10le"),
-    "deinterlace": ("auto", "on", "off"),
-    "runner": RUNNERS,
-    "reuse": REUSE_MODES,
-}
+SCALES = (2, 4)
 
 
 def check_roots(p: RemasterParams, paths: list[Path]) -> None:
@@ -67,9 +57,9 @@ def check_roots(p: RemasterParams, paths: list[Path]) -> None:
 
 def check_job(p: RemasterParams, source: Path, output: Path, overwrite: bool) -> None:
     """Fail before any work on settings or an output that cannot be right."""
-    for name, allowed in CHOICES.items():
-        if getattr(p, name) not in allowed:
-            raise ValueError(f"remaster.{name} must be one of {allowed}, got {getattr(p, name)!r}")
+    check_choices(p, "remaster")
+    if p.scale not in SCALES:
+        raise ValueError(f"remaster.scale must be one of {SCALES}, got {p.scale!r}")
     ReuseRule(p.reuse, p.reuse_tolerance)  # a ValueError on a bad mode or tolerance
     check_roots(p, [source, output])
     if output.suffix.lower() not in CONTAINERS:
@@ -223,67 +213,6 @@ def track(
         trk.log_artifact(path)
 
 
-def metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    """The numbers worth a ``dvc metrics diff``: what came out and whether it matched its source."""
-    checks = summary["verify"]
-    return {
-        "frames": summary["frames"],
-        "segments": summary["segments"],
-        "width": summary["result"]["width"],
-        "height": summary["result"]["height"],
-        "duration_s": checks["duration"]["actual"],
-        "max_drift_s": checks["max_drift"]["actual"],
-        "verified": all(c["ok"] for c in checks.values()),
-    }
-
-
-def add_settings(parser: argparse.ArgumentParser) -> None:
-    """The remaster settings as flags; each one left out keeps params.yaml's ``remaster`` value."""
-    parser.add_argument("--scale", type=int, choices=CHOICES["scale"])
-    parser.add_argument(
-        "--model",
-        help="video or clean (the shipped weights for compressed video or for clean images), "
-        "a checkpoint, .safetensors or models:/name@alias (default: remaster.model, else video)",
-    )
-    parser.add_argument("--codec", choices=CHOICES["codec"])
-    parser.add_argument("--crf", type=int)
-    parser.add_argument("--preset", help="the encoder's preset (ultrafast ... veryslow)")
-    parser.add_argument("--pix-fmt", choices=CHOICES["pix_fmt"])
-    parser.add_argument("--segment-seconds", type=float, help="segment length; 0 = one segment")
-    parser.add_argument("--deinterlace", choices=CHOICES["deinterlace"])
-    parser.add_argument(
-        "--workers",
-        type=int,
-        help="segments upscaled at once (0 = 1 on a CPU, 2 on a GPU); a Dask cluster has its own",
-    )
-    parser.add_argument("--batch", type=int, help="frames per model call")
-    parser.add_argument(
-        "--cuda-graphs", action="store_true", default=None, help="replay the model from CUDA graphs (GPU)"
-    )
-    parser.add_argument(
-        "--runner", choices=CHOICES["runner"], help="upscale segments on a thread pool or on Dask workers"
-    )
-    parser.add_argument(
-        "--reuse",
-        choices=CHOICES["reuse"],
-        help="a frame that repeats the last computed one takes its "
-        "output again: off, exact (identical frames) or near (within --reuse-tolerance)",
-    )
-    parser.add_argument(
-        "--reuse-tolerance", type=float, metavar="LEVELS", help="near: mean luma difference, in grey levels"
-    )
-    parser.add_argument(
-        "--dask-address",
-        metavar="tcp://HOST:PORT",
-        help="a running Dask scheduler (default: a local cluster)",
-    )
-
-
-def settings(base: RemasterParams, args: argparse.Namespace) -> RemasterParams:
-    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(RemasterParams)}
-    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-
-
 def with_workers(p: RemasterParams) -> Any:
     """The flow on ``p.runner``: ``p.workers`` threads or local Dask processes (0: one on a CPU,
     two on a GPU), or the Dask cluster at ``p.dask_address``."""
@@ -311,63 +240,3 @@ def reuse_preview(src: Path, p: RemasterParams) -> str:
         lines.append(f"| {name} | {computed} | {frames - computed} | {frames / max(computed, 1):.2f}x |")
     lines.append(f"remaster.reuse is {p.reuse}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser("Remaster a video with A2N: probe, split, upscale, reassemble, verify.")
-    parser.add_argument("input", help="the source video")
-    parser.add_argument("-o", "--output", help="the result (.mkv holds every stream)")
-    add_settings(parser)
-    parser.add_argument("--keep-frames", metavar="DIR", help="also write the upscaled frames as PNG here")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
-    parser.add_argument(
-        "--dry-run-reuse",
-        action="store_true",
-        help="print how many frames each reuse mode would send through the model, and upscale nothing",
-    )
-    parser.add_argument("--summary", type=Path, metavar="JSON", help="write the summary (no timings) here")
-    parser.add_argument(
-        "--metrics", type=Path, metavar="JSON", help="write frames, size and checks here (DVC)"
-    )
-    args = parser.parse_args(argv)
-    if not args.output and not args.dry_run_reuse:
-        parser.error("the following arguments are required: -o/--output")
-    params, tracker = prepare(args)
-    p = settings(params.remaster, args)
-    resume = f"the finished segments stay in {args.output}.parts; run the same command to resume"
-    if args.dry_run_reuse:
-        try:
-            print(reuse_preview(Path(args.input), p))
-        except (probe.VideoError, FileNotFoundError, ValueError, RuntimeError) as e:
-            print(f"remaster video: error: {e}", file=sys.stderr)
-            return 1
-        return 0
-    try:
-        with stopping.stop_on_signals("remaster video", resume):
-            summary = with_workers(p)(args.input, args.output, p, args.overwrite, args.keep_frames, tracker)
-    except (
-        probe.VideoError,
-        ffmpeg.VerifyError,
-        FileNotFoundError,
-        FileExistsError,
-        ValueError,
-        RuntimeError,
-        OSError,  # a Dask scheduler that cannot be reached, among others
-    ) as e:
-        if (code := stopping.exit_code_of(e)) is not None:
-            return code  # a segment that failed because the run was stopping
-        print(f"remaster video: error: {e}", file=sys.stderr)
-        return 1
-    except BaseException as e:  # Stopped, or Prefect's own exception for the signal
-        if (code := stopping.exit_code_of(e)) is not None:
-            return code
-        raise
-    if args.summary:
-        write_json(args.summary, {k: v for k, v in summary.items() if k != "run"})
-    if args.metrics:
-        write_json(args.metrics, metrics(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,7 +7,6 @@ with unchanged data skips the finished steps, as ``dvc repro`` does.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -20,9 +19,7 @@ from typing import Any
 from prefect import flow, get_client, task
 from prefect.context import TaskRunContext
 
-from flows.runners import RUNNERS, flow_mapper, make_task_runner
-from remaster import stopping
-from remaster.commandline import quiet_environment, setup_logging
+from flows.runners import flow_mapper
 from remaster.config import as_dict, load_params
 from remaster.tracking import Tracker, make_tracker
 from remaster.version import code_version
@@ -117,7 +114,7 @@ def ensure_gpu_limit(slots: int = 1) -> None:
 
 @flow(name="train-pipeline", log_prints=True)
 def train_pipeline(
-    params_path: str = "params.yaml",
+    params_path: str | None = None,
     overrides: list[str] | None = None,
     source: str | None = None,
     data_dir: str = "data",
@@ -125,7 +122,8 @@ def train_pipeline(
     tracker: Any = None,
     reports_dir: str = "reports/eval",
 ) -> dict[str, Any]:
-    """Run the data stages, training and evaluation with the params in ``params_path``."""
+    """Run the data stages, training and evaluation with the params in ``params_path`` (None:
+    ./params.yaml where there is one, else the defaults)."""
     params = load_params(params_path, overrides or [])
     ensure_gpu_limit()
     trk: Tracker = tracker if tracker is not None else make_tracker(params.tracking.enabled)
@@ -174,44 +172,3 @@ def train_pipeline(
         metrics_path=Path("metrics/eval.json"),
     )
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Run ingest -> tile -> pack -> train -> evaluate as a Prefect flow."
-    )
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--source", help="the scrape folder (default: ingest.source_dir)")
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--runs-dir", default="runs/train")
-    parser.add_argument(
-        "--runner",
-        choices=RUNNERS,
-        default="threads",
-        help="dask: ingest's decodes and pack's resizes go to Dask workers (default: %(default)s)",
-    )
-    parser.add_argument("--dask-address", help="a running scheduler, tcp://HOST:PORT (default: a local one)")
-    parser.add_argument("--workers", type=int, default=2, help="local Dask processes (default: %(default)s)")
-    args = parser.parse_args(argv)
-    setup_logging()
-    quiet_environment()
-    pipeline = train_pipeline
-    if args.runner == "dask":
-        runner: Any = make_task_runner("dask", args.dask_address, args.workers)
-        pipeline = train_pipeline.with_options(task_runner=runner)
-    resume = (
-        f"each finished stage's outputs stay and training resumes from {args.runs_dir}/last.pt; run it again"
-    )
-    try:
-        with stopping.stop_on_signals("remaster pipeline", resume):
-            pipeline(args.params, args.overrides, args.source, args.data_dir, args.runs_dir)
-    except BaseException as e:  # Stopped, or Prefect's own exception for the signal
-        if (code := stopping.exit_code_of(e)) is not None:
-            return code
-        raise
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

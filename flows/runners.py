@@ -26,6 +26,7 @@ from typing import Any
 from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from remaster.config import RUNNERS
 from remaster.engine.cpu import cpu_cores
 from remaster.engine.upscaler import Upscaler
 from remaster.files import sha256_file
@@ -33,7 +34,6 @@ from remaster.parallel import Mapper
 
 log = logging.getLogger(__name__)
 
-RUNNERS = ("threads", "dask")
 MAX_CACHED = 2  # models kept per process: a GPU worker serving x2 and x4 jobs keeps both
 
 

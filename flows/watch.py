@@ -16,9 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flows.episode import add_settings, settings, with_workers
-from remaster import stopping
-from remaster.commandline import prepare, stage_parser
 from remaster.files import write_json
 
 log = logging.getLogger(__name__)
@@ -100,39 +97,3 @@ def watch(
         if once and not pending:
             return handled
         sleep(interval)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser("Remaster every new video that lands in INBOX (one flow run per file).")
-    parser.add_argument("inbox", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="where the results and the state file go")
-    add_settings(parser)
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls")
-    parser.add_argument(
-        "--settle", type=int, default=3, help="unchanged polls before a file counts as arrived"
-    )
-    parser.add_argument("--once", action="store_true", help="process what is there, then exit")
-    args = parser.parse_args(argv)
-    params, tracker = prepare(args)
-    p = settings(params.remaster, args)
-    remaster = with_workers(p)
-    resume = f"what is done is recorded in {args.out / STATE}; run the same command to go on"
-
-    def process(src: Path, dst: Path) -> dict[str, Any]:
-        return dict(remaster(str(src), str(dst), p, True, None, tracker))
-
-    try:
-        with stopping.stop_on_signals("remaster watch", resume):
-            done = watch(args.inbox, args.out, process, suffix=f"_x{p.scale}.mkv", interval=args.interval,
-                         settle=args.settle, once=args.once)  # fmt: skip
-    except BaseException as e:  # Stopped, or Prefect's own exception for the signal
-        if (code := stopping.exit_code_of(e)) is not None:
-            return code
-        raise
-    state = load_state(args.out)
-    failed = [name for name in done if state[name]["status"] == "failed"]
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

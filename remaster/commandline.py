@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,7 +21,9 @@ from remaster.tracking import Tracker, make_tracker
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument(
+        "--params", help="params file (default: ./params.yaml where there is one, else the built-in defaults)"
+    )
     parser.add_argument(
         "-S",
         "--set",
@@ -31,7 +34,7 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
         help="override a param, e.g. -S ingest.min_side=700 (repeatable)",
     )
     parser.add_argument("--no-track", action="store_true", help="do not record to MLflow")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; a traceback on errors")
     return parser
 
 
@@ -63,14 +66,50 @@ def prepare(args: argparse.Namespace) -> tuple[Params, Tracker]:
     return params, tracker
 
 
-def load_params_or_exit(path: str | Path, overrides: list[str]) -> Params:
-    """``load_params``; a bad value ends the command with its message and exit status 2."""
+def load_params_or_exit(path: str | Path | None, overrides: list[str]) -> Params:
+    """``load_params``; a missing file or a bad value ends the command with its message and exit 2."""
     try:
         return load_params(path, overrides)
-    except ValueError as e:
-        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "remaster"
-        print(f"{prog}: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"{program()}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def program() -> str:
+    """The command's name as its usage line gives it (``remaster video``, ``train.py``)."""
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "remaster"
+
+
+def add_output(parser: argparse.ArgumentParser, help: str, **kwargs: Any) -> None:
+    """``-o/--output``, the one spelling of an output path in every command."""
+    parser.add_argument("-o", "--output", type=Path, help=help, **kwargs)
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for (a path, a value): one line and exit 2, no traceback."""
+
+
+# What a user's own input raises; anything else is a defect and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError,
+    PermissionError,
+)  # fmt: skip
+
+
+def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run a command's ``main``: a user error prints ``PROG: error: MESSAGE`` and gives exit 2, with
+    the traceback only under ``-v``; Ctrl-C that nothing else handled gives 130."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return int(main(args) or 0)
+    except USER_ERRORS as e:
+        if "-v" in args or "--verbose" in args:
+            raise
+        print(f"{program()}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{program()}: interrupted", file=sys.stderr)
+        return 130
 
 
 def progress_enabled(flag: bool | None = None) -> bool:

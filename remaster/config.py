@@ -8,26 +8,34 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
 T = TypeVar("T")
 
 
-LR_KINDS = ("bicubic", "realistic")
+# The enum-like params, checked when params load (an unknown value names the key and the choices).
+LrKind = Literal["bicubic", "realistic"]  # the paper's clean LR, or LR like a real old episode
+Schedule = Literal["step", "cosine"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Backend = Literal["auto", "torch", "onnx"]
+Codec = Literal["libx264", "libx265"]
+PixFmt = Literal["auto", "yuv420p", "yuv420p10le"]
+Deinterlace = Literal["auto", "on", "off"]
+ReuseMode = Literal["off", "exact", "near"]
+Runner = Literal["threads", "dask"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+BACKENDS: tuple[str, ...] = get_args(Backend)
+REUSE_MODES: tuple[str, ...] = get_args(ReuseMode)
+RUNNERS: tuple[str, ...] = get_args(Runner)
 # What a degradation chain (remaster.data.degradations) may hold; checked here when params load.
 KERNELS = ("bicubic", "area", "bilinear", "lanczos")
 CODECS = ("none", "chroma", "x264", "mpeg2", "jpeg")
 QUALITY_RANGE = {"x264": (0, 51), "mpeg2": (1, 31), "jpeg": (1, 100)}  # CRF, -qscale:v, quality
 RANGE_KEYS = {"x264": "x264_crf", "mpeg2": "mpeg2_q", "jpeg": "jpeg_quality"}  # RealisticParams' ranges
 BLUR_MAX = 5.0  # Gaussian sigma, HR pixels
-NOISE_MAX = 50.0  # Gaussian sigma, grey levels  # the clean LR of the paper, or LR like a real old episode
-
-
-def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+NOISE_MAX = 50.0  # Gaussian sigma, grey levels
 
 
 @dataclass(frozen=True)
@@ -109,11 +117,8 @@ def check_realistic(p: RealisticParams, where: str) -> None:
 @dataclass(frozen=True)
 class PackParams:
     scales: tuple[int, ...] = (2, 4)
-    degradation: str = "bicubic"  # bicubic (the paper's clean LR only) or realistic (also lr_x{s}_real)
+    degradation: LrKind = "bicubic"  # bicubic (the paper's clean LR only) or realistic (also lr_x{s}_real)
     realistic: RealisticParams = field(default_factory=RealisticParams)
-
-    def __post_init__(self) -> None:
-        _check_choice("pack.degradation", self.degradation, LR_KINDS)
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,7 @@ class TrainParams:
     batch_size: int = 16
     hr_crop: int = 128
     lr: float = 5e-4
-    schedule: str = "step"
+    schedule: Schedule = "step"
     lr_step: int = 200_000
     lr_gamma: float = 0.5
     charbonnier_eps: float = 1e-6
@@ -139,12 +144,11 @@ class TrainParams:
     seed: int = 0
     workers: int = 0
     init: str = ""
-    degradation: str = "bicubic"  # which LR to learn from: bicubic, or realistic (needs a realistic pack)
+    degradation: LrKind = "bicubic"  # which LR to learn from: bicubic, or realistic (needs a realistic pack)
     clean_fraction: float = 0.3  # with realistic: share of samples that take the clean LR instead
     model: ModelParams = field(default_factory=ModelParams)
 
     def __post_init__(self) -> None:
-        _check_choice("train.degradation", self.degradation, LR_KINDS)
         if not 0.0 <= self.clean_fraction <= 1.0:
             raise ValueError(f"train.clean_fraction: {self.clean_fraction} is outside 0..1")
 
@@ -153,7 +157,7 @@ class TrainParams:
 class EvaluateParams:
     hr_dirs: tuple[str, ...] = ()  # held-out HR folders scored beside the val split
     model: str = ""  # a checkpoint or models:/name@alias; "" = runs/train/best.pt in the DVC stage
-    precision: str = "fp32"  # fp32 keeps scores comparable across machines; bf16/fp16/auto are faster
+    precision: Precision = "fp32"  # fp32 keeps scores comparable across machines; bf16/fp16/auto are faster
     tile: int = 0  # LR tile side for inference; 0 = sized to the device's memory
     report_crops: int = 1  # side-by-side crops per image in the report
     report_images: int = 16  # images per set that get side-by-side crops (the first ones)
@@ -164,21 +168,21 @@ class EvaluateParams:
 class RemasterParams:
     scale: int = 4  # 2 or 4
     model: str = ""  # "" = the shipped weights; or a checkpoint path, or models:/a2n-x4@champion
-    codec: str = "libx264"  # or libx265
+    codec: Codec = "libx264"
     crf: int = 18
     preset: str = "medium"
-    pix_fmt: str = "auto"  # yuv420p, yuv420p10le, or auto (10-bit for a deeper source)
+    pix_fmt: PixFmt = "auto"  # yuv420p, yuv420p10le, or auto (10-bit for a deeper source)
     segment_seconds: float = 10.0  # segments are cut at keyframes about this long; 0 = one segment
-    deinterlace: str = "auto"  # auto (probe/idet), on or off
+    deinterlace: Deinterlace = "auto"  # auto (probe/idet), on or off
     workers: int = 0  # segments upscaled at once; 0 = 1 on a CPU, 2 on a GPU
     batch: int = 2  # frames per model call
-    precision: str = "auto"  # auto, fp32, bf16 or fp16
+    precision: Precision = "auto"
     tile: int = 0  # LR tile side for inference; 0 = sized to the device's memory
     cuda_graphs: bool = False  # replay the model from CUDA graphs, one per frame shape (GPU only)
-    reuse: str = "near"  # off, exact or near: a frame that repeats the last computed one reuses its output
+    reuse: ReuseMode = "near"  # a frame that repeats the last computed one reuses its output
     reuse_tolerance: float = 1.5  # near: mean luma difference (grey levels) that still counts as held
     media_roots: tuple[str, ...] = ()  # inputs and outputs must lie under one of these; () = anywhere
-    runner: str = "threads"  # where segments upscale: threads (this process) or dask (worker processes)
+    runner: Runner = "threads"  # where segments upscale: threads (this process) or dask (worker processes)
     dask_address: str = ""  # a running Dask scheduler, tcp://host:8786; "" = a local cluster per run
 
 
@@ -213,6 +217,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return tuple(_coerce(item, v, where) for v in value)
     if origin in (types.UnionType, typing.Union):
         return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{where}: expected true/false, got {value!r}")
@@ -224,6 +233,15 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is str and isinstance(value, str):
         return value
     raise ValueError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def check_choices(obj: Any, where: str) -> None:
+    """Check the ``Literal`` fields of dataclass ``obj`` built without ``from_mapping`` (by a flow
+    run's parameters, or ``dataclasses.replace``)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if typing.get_origin(hints[f.name]) is Literal:
+            _coerce(hints[f.name], getattr(obj, f.name), f"{where}.{f.name}")
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "params") -> T:
@@ -245,9 +263,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(raw)
 
 
-def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Params:
-    """Read params.yaml (a missing file gives the defaults) and apply ``key=value`` overrides."""
-    p = Path(path)
+DEFAULT_PARAMS = "params.yaml"
+
+
+def load_params(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Params:
+    """Read the params file and apply ``key=value`` overrides. ``None`` reads ./params.yaml, or gives
+    the defaults where there is none; a file that is named but missing is an error."""
+    p = Path(path if path is not None else DEFAULT_PARAMS)
+    if path is not None and not p.is_file():
+        raise FileNotFoundError(f"params file {p} does not exist")
     data: dict[str, Any] = {}
     if p.exists():
         loaded = yaml.safe_load(p.read_text()) or {}

@@ -2,13 +2,15 @@
 
 Stages take a ``Tracker`` argument instead of calling MLflow globals, so tests can pass a
 ``NullTracker`` (or a real MLflow store in a temporary folder) and flows decide once.
-The embedded default is a SQLite store under ``.mlflow/`` in the project; the environment's
-``MLFLOW_TRACKING_URI`` overrides it (for example an ``mlflow server``).
+The embedded default is the SQLite store ``mlflow.db`` in the project folder, with artifacts under
+``mlruns/``, where MLflow 3 looks by default; the environment's ``MLFLOW_TRACKING_URI`` overrides it
+(for example an ``mlflow server``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -74,14 +76,27 @@ class NullTracker:
         return None
 
 
+STORE = "mlflow.db"  # where MLflow 3 itself looks: `mlflow ui` and MlflowClient() find it unset
+OLD_STORE = Path(".mlflow") / "mlflow.db"  # where earlier versions of remaster kept it
+
+
 def default_tracking_uri(root: Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else SQLite under ``<root>/.mlflow``."""
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db``, MLflow's own default, so
+    that ``mlflow ui`` and ``MlflowClient()`` with no settings, in the project folder, show every run.
+    A store left at the old ``.mlflow/mlflow.db`` is moved there (its artifacts stay where they are:
+    the store names them by absolute path)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    base = (root or Path.cwd()) / ".mlflow"
-    base.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{base.resolve() / 'mlflow.db'}"
+    base = (root or Path.cwd()).resolve()
+    store, old = base / STORE, base / OLD_STORE
+    if old.exists():
+        if store.exists():
+            log.warning("%s is an older MLflow store, not shown beside %s; merge or remove it", old, store)
+        else:
+            os.replace(old, store)
+            log.warning("moved the MLflow store from %s to %s, where MLflow looks by default", old, store)
+    return f"sqlite:///{store}"
 
 
 def run_tags() -> dict[str, str]:
@@ -107,12 +122,16 @@ class MlflowTracker:
     def __init__(self, tracking_uri: str | None = None) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("DO_NOT_TRACK", "true")
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self._run_id: str | None = None
+
+    @functools.cached_property
+    def client(self) -> Any:
+        """The MLflow client, made on first use: a command that fails on its input never starts
+        MLflow (whose first touch of a SQLite store creates its tables)."""
         import mlflow  # imported here: it takes seconds, and most tests never need it
 
-        self._mlflow = mlflow
-        self.tracking_uri = tracking_uri or default_tracking_uri()
-        self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
-        self._run_id: str | None = None
+        return mlflow.MlflowClient(tracking_uri=self.tracking_uri)
 
     @property
     def run_id(self) -> str | None:
@@ -125,7 +144,7 @@ class MlflowTracker:
         location = None
         if self.tracking_uri.startswith("sqlite:///"):
             db = Path(self.tracking_uri.removeprefix("sqlite:///"))
-            location = (db.parent / "artifacts" / name).resolve().as_uri()
+            location = (db.parent / "mlruns" / name).resolve().as_uri()
         return str(self.client.create_experiment(name, artifact_location=location))
 
     @contextlib.contextmanager

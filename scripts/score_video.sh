@@ -33,7 +33,7 @@ for model in "${MODELS[@]}"; do
       out="$WORK/eval/$name/x$s/${spec//[:=]/_}"
       [[ -f "$out/metrics.json" ]] && continue
       $PY -m stages.evaluate --hr "$WORK/test_hr" --hr "$WORK/test_jjk" --scale "$s" --model "$model" \
-        --degrade "$spec" --out "$out" --no-track -S evaluate.report_images=4
+        --degrade "$spec" --output "$out" --no-track -S evaluate.report_images=4
     done
   done
 done

@@ -31,27 +31,27 @@ done
 ln -sf "$SHARED"/data/manga109/*.png "$WORK/scrape/manga109/"
 
 common=(-S ingest.min_side=700 -S tile.val_fraction=0.02)
-$PY -m stages.ingest --source "$WORK/scrape" --out "$WORK/data/ingested" "${common[@]}"
-$PY -m stages.tile --ingested "$WORK/data/ingested" --out "$WORK/data/tiles" "${common[@]}"
-$PY -m stages.pack --ingested "$WORK/data/ingested" --tiles "$WORK/data/tiles" --out "$WORK/data/packed"
+$PY -m stages.ingest --source "$WORK/scrape" --output "$WORK/data/ingested" "${common[@]}"
+$PY -m stages.tile --ingested "$WORK/data/ingested" --output "$WORK/data/tiles" "${common[@]}"
+$PY -m stages.pack --ingested "$WORK/data/ingested" --tiles "$WORK/data/tiles" --output "$WORK/data/packed"
 
 data=(--train "$WORK/data/packed/train.h5" --val "$WORK/data/packed/val.h5")
 train=(-S train.batch_size="$BATCH" -S train.schedule=cosine)
 $PY -m stages.train "${train[@]}" -S train.iterations="$X2_ITERS" -S train.val_every=600 -S train.scale=2 -S train.hr_crop="$X2_CROP" \
-  "${data[@]}" --out "$WORK/runs/x2" --metrics "$WORK/metrics/x2.json" --plots "$WORK/plots/x2"
+  "${data[@]}" --output "$WORK/runs/x2" --metrics "$WORK/metrics/x2.json" --plots "$WORK/plots/x2"
 $PY -m stages.train "${train[@]}" -S train.iterations="$X4_ITERS" -S train.val_every=300 -S train.scale=4 -S train.hr_crop="$X4_CROP" \
   -S train.init="$WORK/runs/x2/best.pt" \
-  "${data[@]}" --out "$WORK/runs/x4" --metrics "$WORK/metrics/x4.json" --plots "$WORK/plots/x4"
+  "${data[@]}" --output "$WORK/runs/x4" --metrics "$WORK/metrics/x4.json" --plots "$WORK/plots/x4"
 
 mkdir -p models/weights
 for s in 2 4; do
   $PY -m remaster.engine.onnx --format safetensors --scale $s --model "$WORK/runs/x$s/best.pt" \
     -o "models/weights/a2n_anime_x$s.safetensors"
   $PY -m stages.evaluate --hr "$WORK/test_hr" --scale $s --model "models/weights/a2n_anime_x$s.safetensors" \
-    --out "$WORK/eval_x$s" --no-track
+    --output "$WORK/eval_x$s" --no-track
 done
 if [[ -f "$SHARED/refs/a2n/aan_x2.pt" ]]; then
   $PY -m stages.evaluate --hr "$WORK/test_hr" --scale 2 --model "$SHARED/refs/a2n/aan_x2.pt" \
-    --out "$WORK/eval_x2_authors" --no-track
+    --output "$WORK/eval_x2_authors" --no-track
 fi
 echo "scores: $WORK/eval_x2/metrics.json $WORK/eval_x4/metrics.json $WORK/eval_x2_authors/metrics.json"

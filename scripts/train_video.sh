@@ -34,17 +34,17 @@ done
 ln -sf "$SHARED"/data/manga109/*.png "$SHARED"/data/manga109_more/*.png "$WORK/scrape/manga/"
 
 common=(-S ingest.min_side=700 -S tile.val_fraction=0.04 -S pack.degradation=realistic)
-$PY -m stages.ingest --source "$WORK/scrape" --out "$WORK/data/ingested" "${common[@]}"
-$PY -m stages.tile --ingested "$WORK/data/ingested" --out "$WORK/data/tiles" "${common[@]}"
-$PY -m stages.pack --ingested "$WORK/data/ingested" --tiles "$WORK/data/tiles" --out "$WORK/data/packed" "${common[@]}"
+$PY -m stages.ingest --source "$WORK/scrape" --output "$WORK/data/ingested" "${common[@]}"
+$PY -m stages.tile --ingested "$WORK/data/ingested" --output "$WORK/data/tiles" "${common[@]}"
+$PY -m stages.pack --ingested "$WORK/data/ingested" --tiles "$WORK/data/tiles" --output "$WORK/data/packed" "${common[@]}"
 
 data=(--train "$WORK/data/packed/train.h5" --val "$WORK/data/packed/val.h5")
 train=(-S train.batch_size="$BATCH" -S train.schedule=cosine -S train.lr="$LR" -S train.degradation=realistic
        -S train.clean_fraction="$CLEAN")
 $PY -m stages.train "${train[@]}" -S train.iterations="$X2_ITERS" -S train.val_every=400 -S train.scale=2 -S train.hr_crop=96 \
-  --init models/weights/a2n_anime_x2.safetensors "${data[@]}" --out "$WORK/runs/x2" --metrics "$WORK/metrics/x2.json" --plots "$WORK/plots/x2"
+  --init models/weights/a2n_anime_x2.safetensors "${data[@]}" --output "$WORK/runs/x2" --metrics "$WORK/metrics/x2.json" --plots "$WORK/plots/x2"
 $PY -m stages.train "${train[@]}" -S train.iterations="$X4_ITERS" -S train.val_every=300 -S train.scale=4 -S train.hr_crop=128 \
-  --init models/weights/a2n_anime_x4.safetensors "${data[@]}" --out "$WORK/runs/x4" --metrics "$WORK/metrics/x4.json" --plots "$WORK/plots/x4"
+  --init models/weights/a2n_anime_x4.safetensors "${data[@]}" --output "$WORK/runs/x4" --metrics "$WORK/metrics/x4.json" --plots "$WORK/plots/x4"
 
 # The fine-tune alone smooths clean input; blend it with the clean weights, the mix chosen on the
 # val tiles: the best realistic score that loses at most 1 dB on clean LR (scripts/blend_video.py).

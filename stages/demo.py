@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from remaster.commandline import add_output, load_params_or_exit, run_main, setup_logging, stage_parser
 from remaster.data.drawing import INK, SS, WORDS, background, char_layout, character, downsample, text
 from remaster.files import atomic_path
 
@@ -190,24 +191,25 @@ def write_clip(
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    from remaster.commandline import setup_logging
-    from remaster.config import load_params
+def build_parser() -> argparse.ArgumentParser:
+    parser = stage_parser("Write the procedural demo scrape (PNG pages) and clip (a short episode).")
+    add_output(parser, "folder for the demo images (default: %(default)s)", default=Path("data/demo/scrape"))
+    parser.add_argument(
+        "--clip", type=Path, default=Path("data/demo/clip.mp4"), help="the demo clip (.mp4/.mkv)"
+    )
+    parser.add_argument("--no-clip", action="store_true", help="write the images only")
+    return parser
 
-    p = argparse.ArgumentParser(prog="python -m stages.demo", description=__doc__)
-    p.add_argument("--params", default="params.yaml", help="reads its demo section")
-    p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", type=Path, default=Path("data/demo/scrape"), help="directory for demo images")
-    p.add_argument("--clip", type=Path, default=Path("data/demo/clip.mp4"), help="the demo clip (.mp4/.mkv)")
-    p.add_argument("--no-clip", action="store_true", help="write the images only")
-    args = p.parse_args(argv)
-    setup_logging()
-    d = load_params(args.params, args.overrides).demo
-    write_images(args.out, d.n_images, d.seed, d.width, d.height)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    d = load_params_or_exit(args.params, args.overrides).demo
+    write_images(args.output, d.n_images, d.seed, d.width, d.height)
     if not args.no_clip:
         write_clip(args.clip, seconds=d.clip_seconds, seed=d.seed)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

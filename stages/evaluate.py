@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from remaster.commandline import prepare, progress_enabled, stage_parser
+from remaster.arguments import DEFAULT_CHECKPOINT, evaluate_parser
+from remaster.commandline import prepare, progress_enabled, run_main
 from remaster.config import EvaluateParams, as_dict
 from remaster.data.degradations import DegradationError, parse_spec
 from remaster.data.imaging import bicubic_upscale
@@ -45,7 +46,6 @@ METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "bicubic_psnr_y", "bicubic_ssim_y
                "lanczos_psnr_y", "lanczos_ssim_y")  # fmt: skip
 NUMBERS = (*METRIC_KEYS, "gain_psnr_y", "n_images", "n_skipped")  # per set, in metrics/eval.json
 CHAMPION_METRIC = "eval_val_psnr_y"  # logged on the training run; decides the champion alias
-DEFAULT_CHECKPOINT = "runs/train/best.pt"
 
 
 def load_upscaler(params: EvaluateParams, model: str | None, scale: int) -> Upscaler:
@@ -257,19 +257,7 @@ def track(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_parser("Score A2N against bicubic on held-out images and write an HTML report.")
-    add = parser.add_argument
-    add("--hr", action="append", type=Path, metavar="DIR", help="HR images to score (repeatable)")
-    add("--lr", type=Path, metavar="DIR", help="LR images with no HR: upscale them, no scores")
-    add("--val", type=Path, help="packed val tiles (default without --hr/--lr: data/packed/val.h5)")
-    add("--scale", type=int, help="default: train.scale")
-    add("--model", help="checkpoint or models:/name@alias (default: evaluate.model, else "
-        f"{DEFAULT_CHECKPOINT} without --hr/--lr, else the shipped weights)")  # fmt: skip
-    add("--out", type=Path, default=Path("reports/eval"), help="default: %(default)s")
-    add("--metrics", type=Path, help="also write the means per set here, for dvc metrics")
-    add("--degrade", metavar="SPEC", help="score on LR degraded like a real episode, e.g. x264:crf=23, "
-        "mpeg2:q=8, jpeg:q=70, chroma; add ,kernel=area|bilinear|lanczos ,blur=SIGMA ,noise=SIGMA "
-        "(default: evaluate.degrade, else clean bicubic)")  # fmt: skip
+    parser = evaluate_parser()
     args = parser.parse_args(argv)
     if args.hr and args.lr:
         parser.error("--hr and --lr go to separate runs")
@@ -291,14 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or p.model or (DEFAULT_CHECKPOINT if stage else None)
     try:
         if args.lr:
-            upscale_folder(p, scale, args.lr, args.out, tracker, model=model)
+            upscale_folder(p, scale, args.lr, args.output, tracker, model=model)
         else:
             val = args.val or (Path("data/packed/val.h5") if stage else None)
             hr_dirs = args.hr or [Path(d) for d in p.hr_dirs]
             run(
                 p,
                 scale,
-                args.out,
+                args.output,
                 tracker,
                 model=model,
                 val_h5=val,
@@ -312,4 +300,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -16,6 +16,7 @@ an unchanged folder decodes nothing, and a new file costs one decode.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import io
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from remaster.commandline import prepare, stage_parser
+from remaster.commandline import prepare, run_main, stage_parser
 from remaster.config import IngestParams, as_dict
 from remaster.data.imaging import EXTENSIONS, to_rgb8
 from remaster.files import atomic_path, display_path, write_json
@@ -291,16 +292,22 @@ def run(
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = stage_parser("Validate, normalise and deduplicate a folder of images.")
     parser.add_argument("--source", help="the scrape folder (default: ingest.source_dir)")
-    parser.add_argument("--out", default="data/ingested", help="output folder (default: %(default)s)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "-o", "--output", default="data/ingested", help="output folder (default: %(default)s)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     params, tracker = prepare(args)
     source = Path(args.source or params.ingest.source_dir)
-    run(params.ingest, source, Path(args.out), tracker)
+    run(params.ingest, source, Path(args.output), tracker)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -14,6 +14,7 @@ and renamed when complete: a killed run never leaves a file that a later stage w
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
@@ -28,7 +29,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from remaster.commandline import prepare, progress_enabled, stage_parser
+from remaster.commandline import prepare, progress_enabled, run_main, stage_parser
 from remaster.config import PackParams, RealisticParams, as_dict, flatten
 from remaster.data.degradations import DegradationError, degrade_batch, ffmpeg_version, tile_degradation
 from remaster.data.imaging import KERNEL, downscale
@@ -225,16 +226,20 @@ def run(
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = stage_parser("Pack HR tiles and their bicubic LR twins into HDF5.")
     parser.add_argument("--ingested", default="data/ingested", help="ingest output (default: %(default)s)")
     parser.add_argument("--tiles", default="data/tiles", help="tile output (default: %(default)s)")
-    parser.add_argument("--out", default="data/packed", help="output folder (default: %(default)s)")
-    args = parser.parse_args(argv)
+    parser.add_argument("-o", "--output", default="data/packed", help="output folder (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     params, tracker = prepare(args)
-    run(params.pack, Path(args.ingested), Path(args.tiles), Path(args.out), tracker)
+    run(params.pack, Path(args.ingested), Path(args.tiles), Path(args.output), tracker)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

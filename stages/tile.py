@@ -9,6 +9,7 @@ both train and val, and it is stable: adding an image does not move the others.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import logging
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from remaster.commandline import prepare, stage_parser
+from remaster.commandline import prepare, run_main, stage_parser
 from remaster.config import TileParams, as_dict
 from remaster.files import atomic_path, write_json
 from remaster.tracking import Tracker
@@ -120,15 +121,19 @@ def run(params: TileParams, ingested: Path, out_dir: Path, tracker: Tracker | No
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = stage_parser("Plan 480x480 HR tiles for every ingested image and split train/val.")
     parser.add_argument("--ingested", default="data/ingested", help="ingest output (default: %(default)s)")
-    parser.add_argument("--out", default="data/tiles", help="output folder (default: %(default)s)")
-    args = parser.parse_args(argv)
+    parser.add_argument("-o", "--output", default="data/tiles", help="output folder (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     params, tracker = prepare(args)
-    run(params.tile, Path(args.ingested), Path(args.out), tracker)
+    run(params.tile, Path(args.ingested), Path(args.output), tracker)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

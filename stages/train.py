@@ -15,7 +15,6 @@ saves and tracks.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -34,7 +33,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import capture_rng_state, load_model, restore_rng_state, save_checkpoint
 from remaster import stopping
-from remaster.commandline import load_params_or_exit, progress_enabled
+from remaster.arguments import train_parser
+from remaster.commandline import load_params_or_exit, progress_enabled, run_main
 from remaster.config import TrainParams, as_dict, flatten
 from remaster.files import write_json
 from remaster.tracking import NullTracker, Tracker, make_tracker
@@ -278,32 +278,29 @@ def _log_artifacts(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a params.yaml value, e.g. -S train.lr=1e-4 (repeatable)")  # fmt: skip
-    ap.add_argument("--train", type=Path, default=Path("data/packed/train.h5"))
-    ap.add_argument("--val", type=Path, default=Path("data/packed/val.h5"))
-    ap.add_argument("--out", type=Path, default=Path("runs/train"))
-    ap.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
-    ap.add_argument("--plots", type=Path, default=Path("plots/train"))
-    ap.add_argument("--init", metavar="CHECKPOINT", help="start from this checkpoint (overrides train.init)")
-    ap.add_argument("--no-track", action="store_true", help="do not record the run in MLflow")
-    args = ap.parse_args(argv)
+    args = train_parser().parse_args(argv)
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, only rank 0 talks and tracks
     level = logging.INFO if main_rank else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    params = load_params_or_exit(args.params, args.set)
+    params = load_params_or_exit(args.params, args.overrides)
     tp = params.train if args.init is None else dataclasses.replace(params.train, init=args.init)
     tracker = make_tracker(not args.no_track and params.tracking.enabled and main_rank)
-    resume = f"{args.out}/last.pt holds the last step; run the same command to resume"
+    resume = f"{args.output}/last.pt holds the last step; run the same command to resume"
     try:
         with stopping.stop_on_signals("remaster train", resume, raise_now=False):
-            run(tp, args.train, args.val, args.out, tracker, metrics_path=args.metrics, plots_dir=args.plots)
+            run(
+                tp,
+                args.train,
+                args.val,
+                args.output,
+                tracker,
+                metrics_path=args.metrics,
+                plots_dir=args.plots,
+            )
     except stopping.Stopped as e:
         return e.exit_code
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

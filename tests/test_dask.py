@@ -14,10 +14,10 @@ from distributed import Client, LocalCluster, get_task_stream
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from flows import episode as remaster
 from flows import runners
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
+from remaster.cli.video import main as video_main
 from remaster.video import probe
 from stages import demo
 
@@ -94,7 +94,7 @@ def test_segments_upscale_on_dask_workers(
     argv += ["--params", str(assets["none"]), "--summary", str(summary_path)]
     argv += ["--runner", "dask", "--dask-address", local_cluster.scheduler_address]
     with get_task_stream(client) as stream:
-        assert remaster.main(argv) == 0
+        assert video_main(argv) == 0
 
     summary = json.loads(summary_path.read_text())
     assert summary["frames"] == 30 and summary["segments"] == 3
@@ -126,7 +126,7 @@ def test_pipeline_data_stages_fan_out_over_dask_workers(
     import h5py
     import numpy as np
 
-    from flows import pipeline
+    from remaster.cli.pipeline import main as pipeline_main
     from remaster.config import load_params
     from stages import ingest, pack, tile
 
@@ -142,7 +142,7 @@ def test_pipeline_data_stages_fan_out_over_dask_workers(
     argv += ["--runs-dir", str(tmp_path / "runs"), "--runner", "dask"]
     argv += ["--dask-address", local_cluster.scheduler_address]
     with get_task_stream(client) as stream:
-        assert pipeline.main(argv) == 0
+        assert pipeline_main(argv) == 0
 
     # the decodes and the resizes ran as Dask tasks on the cluster's workers, one per item
     names = [t["key"][0] if isinstance(t["key"], tuple) else t["key"] for t in stream.data]

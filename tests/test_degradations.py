@@ -221,7 +221,7 @@ def test_bad_pack_settings_exit_2_with_the_key_and_no_hdf5(
     out = tmp_path / "packed"
     with pytest.raises(SystemExit) as exit_info:
         cli(["pack", "--params", str(params), "--ingested", str(tiles / "ingested"),
-             "--tiles", str(tiles / "tiles"), "--out", str(out)])  # fmt: skip
+             "--tiles", str(tiles / "tiles"), "-o", str(out)])  # fmt: skip
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

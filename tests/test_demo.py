@@ -163,11 +163,12 @@ def test_write_clip_failure_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_cli(tmp_path: Path) -> None:
+    (tmp_path / "none.yaml").write_text("{}\n")
     rc = demo.main(
         [
             "--params",
             str(tmp_path / "none.yaml"),
-            "--out",
+            "-o",
             str(tmp_path / "imgs"),
             "-S",
             "demo.n_images=2",

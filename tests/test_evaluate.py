@@ -60,11 +60,17 @@ def _pack_val(path: Path, hr_files: list[Path], tile: int, scale: int) -> None:
         f.attrs.update({"scales": [scale], "kernel": "matlab-bicubic-aa", "tile_size": tile, "split": "val"})
 
 
+def defaults(folder: Path) -> str:
+    """A params file that holds nothing: every param at its built-in default."""
+    (folder / "defaults.yaml").write_text("{}\n")
+    return str(folder / "defaults.yaml")
+
+
 def test_set5_parity_bicubic_and_report(shared: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     rc = cli_main(["evaluate", "--hr", str(shared / "refs/benchmarks/Set5/HR"), "--scale", "2",
-                   "--model", str(shared / "refs/a2n/aan_x2.pt"), "--out", str(out), "--no-track",
-                   "--params", str(tmp_path / "absent.yaml")])  # fmt: skip
+                   "--model", str(shared / "refs/a2n/aan_x2.pt"), "-o", str(out), "--no-track",
+                   "--params", defaults(tmp_path)])  # fmt: skip
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     print(f"Set5 x2: A2N {m['psnr_y']:.3f} dB / {m['ssim_y']:.4f}, "
@@ -103,8 +109,8 @@ def test_lr_only_mode_writes_outputs_and_page(tmp_path: Path) -> None:
     (lr_dir / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     out = tmp_path / "out"
     rc = cli_main(["evaluate", "--lr", str(lr_dir), "--scale", "2", "--model",
-                   str(_tiny(tmp_path / "t.pt", 2)), "--out", str(out), "--no-track",
-                   "--params", str(tmp_path / "absent.yaml")])  # fmt: skip
+                   str(_tiny(tmp_path / "t.pt", 2)), "-o", str(out), "--no-track",
+                   "--params", defaults(tmp_path)])  # fmt: skip
     assert rc == 0
     assert Image.open(out / "sr" / "a.png").size == (80, 60)
     assert Image.open(out / "sr" / "sub" / "b.png").size == (34, 42)
@@ -150,7 +156,7 @@ def test_bad_files_are_skipped_with_reasons_and_empty_is_an_error(
     empty = tmp_path / "nothing"
     empty.mkdir()
     rc = cli_main(["evaluate", "--hr", str(empty), "--scale", "2", "--model", str(ckpt), "--no-track",
-                   "--out", str(tmp_path / "out3"), "--params", str(tmp_path / "x.yaml")])  # fmt: skip
+                   "-o", str(tmp_path / "out3"), "--params", defaults(tmp_path)])  # fmt: skip
     assert rc == 2
     assert f"{empty} is empty: no images to evaluate" in capsys.readouterr().err
     assert not (tmp_path / "out3").exists()

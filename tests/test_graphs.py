@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from flows.episode import add_settings, settings
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
 from remaster.cli.upscale import main as upscale_main
+from remaster.cli.video import add_settings, settings
 from remaster.config import RemasterParams
 from remaster.engine.cuda_graphs import GraphedForward
 from remaster.engine.upscaler import Upscaler

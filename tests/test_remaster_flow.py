@@ -23,11 +23,12 @@ from conftest import SHARED
 from PIL import Image
 from test_video import make_episode
 
-from flows import episode as remaster
-from flows import watch
+from flows import episode, watch
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
-from remaster.commandline import LogProgress, progress_bar
+from remaster.cli.video import main as video_main
+from remaster.cli.watch import main as watch_main
+from remaster.commandline import LogProgress, progress_bar, run_main
 from remaster.config import RemasterParams
 from remaster.tracking import NullTracker
 from remaster.video import probe
@@ -72,6 +73,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("assets")
     cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
     save_checkpoint(folder / "tiny_x2.pt", A2N(cfg), cfg)
+    (folder / "none.yaml").write_text("{}\n")  # the built-in defaults
     return {"model": folder / "tiny_x2.pt", "episode": make_episode(folder), "none": folder / "none.yaml"}
 
 
@@ -93,7 +95,7 @@ def baseline(
     out = tmp_path_factory.mktemp("baseline") / "episode_x2.mkv"
     tracker = RecordingTracker()
     p = settings(assets)
-    summary = remaster.with_workers(p)(str(assets["episode"]), str(out), p, tracker=tracker)
+    summary = episode.with_workers(p)(str(assets["episode"]), str(out), p, tracker=tracker)
     return {"summary": summary, "tracker": tracker, "out": out}
 
 
@@ -126,7 +128,7 @@ def test_the_shared_one_piece_clip_comes_through_whole(
     source = probe.probe(src)
     out = tmp_path / "onepiece_x2.mkv"
     p = dataclasses.replace(settings(assets, seconds=3.0), workers=2)  # its two segments at once
-    summary = remaster.with_workers(p)(str(src), str(out), p)
+    summary = episode.with_workers(p)(str(src), str(out), p)
     assert summary["segments"] >= 2 and all(check["ok"] for check in summary["verify"].values())
     info = probe.probe(out)
     assert info.frames == source.frames == probe.count_packets(src) == 181
@@ -139,7 +141,8 @@ def test_a_killed_run_resumes_with_its_finished_segments(
     api_url: str, assets: dict[str, Path], baseline: dict[str, Any], tmp_path: Path
 ) -> None:
     out = tmp_path / "episode_x2.mkv"
-    cmd = [sys.executable, "-m", "flows.episode", str(assets["episode"]), "-o", str(out), *cli_args(assets)]
+    cmd = [sys.executable, "-m", "remaster.cli.video", str(assets["episode"]), "-o", str(out)]
+    cmd += cli_args(assets)
     cmd += ["--summary", str(tmp_path / "summary.json"), "--metrics", str(tmp_path / "metrics.json")]
     env = {**os.environ, "PREFECT_API_URL": api_url}  # the module's test server, not a new one
     parts = out.with_name(out.name + ".parts")
@@ -181,7 +184,7 @@ def test_watch_once_remasters_a_dropped_file_once(
     (inbox / "notes.txt").write_text("not a video: recorded as skipped, never run")
     argv = [
         str(inbox),
-        "--out",
+        "-o",
         str(out),
         "--once",
         "--interval",
@@ -190,7 +193,7 @@ def test_watch_once_remasters_a_dropped_file_once(
         "2",
         *cli_args(assets, 0),
     ]
-    assert watch.main(argv) == 0
+    assert watch_main(argv) == 0
     result = out / "ep01_x2.mkv"
     assert probe.count_packets(result) == 48
     state = json.loads((out / watch.STATE).read_text())
@@ -199,7 +202,7 @@ def test_watch_once_remasters_a_dropped_file_once(
         state["notes.txt"]["status"] == "skipped" and state["notes.txt"]["error"] == "not a video file name"
     )
     made = result.stat().st_mtime_ns
-    assert watch.main(argv) == 0  # a restart remembers what it did
+    assert watch_main(argv) == 0  # a restart remembers what it did
     assert result.stat().st_mtime_ns == made
 
 
@@ -207,13 +210,12 @@ def test_bad_input_and_existing_output_fail_clearly(
     api_url: str, assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "notes.mp4").write_text("not a video\n")
-    assert (
-        remaster.main([str(tmp_path / "notes.mp4"), "-o", str(tmp_path / "out.mkv"), *cli_args(assets)]) == 1
-    )
+    assert video_main([str(tmp_path / "notes.mp4"), "-o", str(tmp_path / "out.mkv"), *cli_args(assets)]) == 1
     assert "not a video file ffprobe can read" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.mp4"]  # nothing half-written
     (tmp_path / "out.mkv").write_bytes(b"precious")
-    assert remaster.main([str(assets["episode"]), "-o", str(tmp_path / "out.mkv"), *cli_args(assets)]) == 1
+    argv = [str(assets["episode"]), "-o", str(tmp_path / "out.mkv"), *cli_args(assets)]
+    assert run_main(video_main, argv) == 2  # a user error, refused before the flow starts
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "out.mkv").read_bytes() == b"precious"
 

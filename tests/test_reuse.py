@@ -142,7 +142,7 @@ def test_dry_run_prints_what_reuse_saves_and_upscales_nothing(clip: Path, tmp_pa
 def test_the_flow_reports_computed_and_reused_frames_and_verifies(
     api_url: str, clip: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from flows import episode as remaster
+    from flows import episode
     from models.a2n import A2N, A2NConfig
     from models.checkpoint import save_checkpoint
     from remaster.config import RemasterParams
@@ -155,7 +155,7 @@ def test_the_flow_reports_computed_and_reused_frames_and_verifies(
                            workers=1, reuse=mode)  # fmt: skip
         out = tmp_path / f"{mode}.mkv"
         with caplog.at_level(logging.INFO):
-            summaries[mode] = remaster.with_workers(p)(str(clip), str(out), p)
+            summaries[mode] = episode.with_workers(p)(str(clip), str(out), p)
         assert all(check["ok"] for check in summaries[mode]["verify"].values()), mode
         assert probe.count_packets(out) == 16
     off, near = summaries["off"]["run"], summaries["near"]["run"]

@@ -43,8 +43,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def command(assets: dict[str, Path], out: Path) -> list[str]:
-    return [sys.executable, "-m", "flows.episode", str(assets["episode"]), "-o", str(out), "--scale", "2",
-            "--model", str(assets["model"]), "--segment-seconds", "0.5", "--preset", "ultrafast",
+    return [sys.executable, "-m", "remaster.cli.video", str(assets["episode"]), "-o", str(out), "--scale",
+            "2", "--model", str(assets["model"]), "--segment-seconds", "0.5", "--preset", "ultrafast",
             "--workers", "1", "--batch", "1", "--params", str(assets["params"]), "--no-track"]  # fmt: skip
 
 
@@ -255,8 +255,7 @@ def test_watch_records_every_bad_file_and_goes_on(api_url: str, small: dict, tmp
     import json
     import shutil
 
-    from flows import episode as remaster
-    from flows import watch
+    from flows import episode, watch
     from remaster.config import RemasterParams
 
     cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
@@ -264,7 +263,7 @@ def test_watch_records_every_bad_file_and_goes_on(api_url: str, small: dict, tmp
     p = RemasterParams(
         scale=2, model=str(tmp_path / "tiny.pt"), segment_seconds=0, preset="ultrafast", workers=1
     )
-    flow = remaster.with_workers(p)
+    flow = episode.with_workers(p)
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     inbox.mkdir()
     shutil.copy(small["src"], inbox / "a_good.mkv")
@@ -309,7 +308,7 @@ def test_sigterm_stops_watch_mid_run_and_keeps_its_record(
     inbox, out = tmp_path / "inbox", tmp_path / "out"
     inbox.mkdir()
     shutil.copy(assets["episode"], inbox / "ep.mkv")
-    cmd = [sys.executable, "-m", "flows.watch", str(inbox), "--out", str(out), "--once", "--settle", "1",
+    cmd = [sys.executable, "-m", "remaster.cli.watch", str(inbox), "-o", str(out), "--once", "--settle", "1",
            "--interval", "0", "--scale", "2", "--model", str(assets["model"]), "--segment-seconds", "0.5",
            "--preset", "ultrafast", "--workers", "1", "--batch", "1", "--params", str(assets["params"]),
            "--no-track"]  # fmt: skip

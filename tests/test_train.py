@@ -232,7 +232,7 @@ def test_kill_and_resume_cli(data: tuple[Path, Path], tmp_path: Path) -> None:
         str(data[0]),
         "--val",
         str(data[1]),
-        "--out",
+        "-o",
         str(tmp_path / "out"),
         "--metrics",
         str(tmp_path / "metrics.json"),
@@ -269,7 +269,7 @@ def test_sigterm_saves_the_step_and_the_same_command_resumes(data: tuple[Path, P
     )
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "stages.train", "--params", str(tmp_path / "params.yaml"), "--train",
-           str(data[0]), "--val", str(data[1]), "--out", str(out), "--metrics", str(tmp_path / "m.json"),
+           str(data[0]), "--val", str(data[1]), "-o", str(out), "--metrics", str(tmp_path / "m.json"),
            "--plots", str(tmp_path / "plots")]  # fmt: skip
     env = {**os.environ, **QUIET_ENV, "PYTHONPATH": str(ROOT)}
     with open(tmp_path / "log", "w") as log:
@@ -306,7 +306,7 @@ def test_ddp_under_torchrun(data: tuple[Path, Path], tmp_path: Path) -> None:
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "stages.train"]
     cmd += ["--params", str(tmp_path / "params.yaml"), "--train", str(data[0]), "--val", str(data[1])]
     cmd += [
-        "--out",
+        "-o",
         str(tmp_path / "out"),
         "--metrics",
         str(tmp_path / "m.json"),

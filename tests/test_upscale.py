@@ -13,8 +13,8 @@ from PIL import Image
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
 from remaster.cli.main import main as cli
-from remaster.cli.upscale import plan, upscale_picture
 from remaster.data.pictures import Picture, read_picture, write_png16
+from remaster.engine.pictures import plan, upscale_picture
 
 torch.set_num_threads(2)
 RNG = np.random.default_rng(0)

@@ -6,11 +6,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from models.checkpoint import load_model
-from remaster.commandline import setup_logging
-from remaster.engine.onnx import FORMATS, OPSET, export_onnx, export_safetensors
+from remaster.commandline import UserError, run_main, setup_logging
 from remaster.files import sha256_file
-from remaster.model_source import resolve_model
+
+FORMATS = ("onnx", "safetensors")
+OPSET = 17  # the ONNX opset the graph is written in
 
 log = logging.getLogger(__name__)
 
@@ -19,22 +19,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="remaster export", description="Export A2N to ONNX, or to safetensors (weights and config only)."
     )
-    parser.add_argument("--format", choices=FORMATS, default="onnx")
-    parser.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="default: %(default)s")
+    parser.add_argument("--scale", type=int, choices=(2, 3, 4), required=True, help="the model's scale")
     parser.add_argument("--model", help="a checkpoint or .safetensors (default: the shipped weights)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the .onnx or .safetensors file")
-    parser.add_argument("--opset", type=int, default=OPSET)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; a traceback on errors")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    from models.checkpoint import load_model  # torch: only for real work
+    from remaster.engine.onnx import export_onnx, export_safetensors
+    from remaster.model_source import resolve_model
+
     path = resolve_model(args.model, args.scale)
     model, _, info = load_model(path, scale=args.scale if path.suffix != ".safetensors" else None)
     if model.scale != args.scale:
-        raise SystemExit(f"remaster export: {path} is an x{model.scale} model, not x{args.scale}")
+        raise UserError(f"{path} is an x{model.scale} model, not x{args.scale}")
     source = f"{path.name} sha256:{sha256_file(path)}"
     if args.format == "safetensors":
         export_safetensors(model, args.output, source=source, step=info["step"], data_hash=info["data_hash"])
@@ -46,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -31,7 +31,6 @@ from remaster.files import atomic_path
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "safetensors")
 OPSET = 17
 PARITY_ATOL = 1e-4
 

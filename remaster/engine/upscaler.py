@@ -24,6 +24,7 @@ import torch
 
 from models.a2n import A2N, A2NConfig, fuse_for_inference
 from models.checkpoint import load_model
+from remaster.config import BACKENDS, PRECISIONS
 from remaster.engine.cpu import available_memory, cpu_cores, cpu_has_bf16, keep_freed_memory
 from remaster.engine.cuda_graphs import GraphedForward
 from remaster.engine.tiling import Model, a2n_tiled_forward, shared_lanes, tiled_forward
@@ -31,8 +32,6 @@ from remaster.engine.tiling import Model, a2n_tiled_forward, shared_lanes, tiled
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-BACKENDS = ("auto", "torch", "onnx")
 CPU_TILE = 288  # 2-core Xeon, lanes, 576x432 x2: 8% faster than 192 px tiles, 18-32% than whole frames
 
 

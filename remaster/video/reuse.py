@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-REUSE_MODES = ("off", "exact", "near")
+from remaster.config import REUSE_MODES
+
 LOCAL_FACTOR = 12.0  # a 4x4 block may move this many times the tolerance before the frame counts as new
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 

@@ -1,0 +1,34 @@
+"""``remaster serve``: the flows as Prefect deployments, run by this process (``flows.serve``).
+
+    remaster serve                         # against PREFECT_API_URL, or a local server
+    prefect deployment run 'remaster-episode/remaster' \\
+        --params '{"input_path": "in.mkv", "output_path": "out.mkv"}'
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from remaster.commandline import quiet_environment, run_main, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="remaster serve", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--name", default="remaster", help="deployment name (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=1, help="flow runs at once (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    quiet_environment()
+    from flows.serve import serve_flows  # Prefect: only for real work
+
+    serve_flows(args.name, args.limit)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))
