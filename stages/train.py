@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import tempfile
 import time
@@ -95,7 +94,7 @@ def _train(
         model.load_state_dict(ckpt["model"])
         log.info("resuming from step %d (%s)", hist.step, last)
         if not best.exists():
-            hist.best = [0, -math.inf, 0.0]  # the next validation writes a new best.pt
+            hist.best = loop.NO_SCORE  # the next validation writes a new best.pt
     else:
         if rt.is_main and best.exists():
             best.unlink()  # from another configuration: it must not be taken for this run's
@@ -157,12 +156,12 @@ def _train(
     def checkpoint(step: int) -> None:
         psnr, ssim = loop.validate(model, val_tiles, p.scale, rt)
         bic = hist.bicubic or (0.0, 0.0)
-        hist.val.append([step, psnr, ssim])
+        hist.val.append(loop.Score(step, psnr, ssim))
         metrics = {"val_psnr_y": psnr, "val_ssim_y": ssim, "bicubic_psnr_y": bic[0], "bicubic_ssim_y": bic[1]}
         tracker.log_metrics(metrics, step)
         log.info("step %d: val Y-PSNR %.3f dB, SSIM %.4f (bicubic %.3f dB, %.4f)", step, psnr, ssim, *bic)
-        if psnr > hist.best[1]:
-            hist.best = [step, psnr, ssim]
+        if psnr > hist.best.psnr_y:
+            hist.best = hist.val[-1]
             extra = {"psnr_y": psnr, "ssim_y": ssim, "hparams": hp}
             save_checkpoint(best, model, cfg, step=step, data_hash=hashes[0], extra=extra)
         save_last(step)
@@ -237,7 +236,7 @@ def _train(
             final = ("best_psnr_y", "best_ssim_y", "samples_per_s")
             tracker.log_metrics({f"final_{k}": summary[k] for k in final}, hist.step)
             _log_artifacts(tracker, p, cfg, best, val_tiles, rt, plots_dir, metrics_path, hist)
-    log.info("done: step %d, best val Y-PSNR %.3f dB at step %d", hist.step, hist.best[1], int(hist.best[0]))
+    log.info("done: step %d, best val Y-PSNR %.3f dB at step %d", hist.step, hist.best.psnr_y, hist.best.step)
     return summary
 
 
@@ -266,8 +265,7 @@ def _log_artifacts(
         if tracker.run_id is None:
             return
         config_json = Path(tmp) / "config.json"
-        step, psnr, ssim = hist.best
-        write_json(config_json, {"config": cfg.to_dict(), "step": int(step), "psnr_y": psnr, "ssim_y": ssim})
+        write_json(config_json, {"config": cfg.to_dict(), **dataclasses.asdict(hist.best)})
         tracker.log_artifact(best, "model")
         tracker.log_artifact(config_json, "model")
         for f in files:

@@ -377,3 +377,15 @@ def test_heartbeat_logs_progress_without_a_terminal(caplog: pytest.LogCaptureFix
     caplog.clear()
     quiet.tick(1, 1.0)
     assert not caplog.records
+
+
+def test_history_round_trips_through_last_pt_and_reads_older_checkpoints() -> None:
+    from remaster.training.loop import History, Score
+
+    hist = History(
+        step=2, loss=[(0.5, 1e-3), (0.4, 1e-3)], val=[Score(2, 30.5, 0.91)], best=Score(2, 30.5, 0.91)
+    )
+    again = History.from_extra(hist.to_extra())
+    assert again == hist and again.best.psnr_y == 30.5 and again.summary(4)["best_step"] == 2
+    older = {**hist.to_extra(), "val": [[2, 30.5, 0.91]], "best": [2, 30.5, 0.91]}  # lists, before Score
+    assert History.from_extra(older) == hist

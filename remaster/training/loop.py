@@ -152,15 +152,27 @@ def make_scheduler(opt: torch.optim.Optimizer, p: TrainParams) -> torch.optim.lr
     raise ValueError(f"train.schedule must be step or cosine, got {p.schedule!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """One validation: the step and the val tiles' mean Y-PSNR (dB) and Y-SSIM."""
+
+    step: int
+    psnr_y: float
+    ssim_y: float
+
+
+NO_SCORE = Score(0, -math.inf, 0.0)  # what any first validation beats
+
+
 @dataclasses.dataclass
 class History:
     """The run so far; saved in last.pt's ``extra`` so that a resumed run continues it."""
 
     step: int = 0
     loss: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # (loss, lr) of step i + 1
-    val: list[list[float]] = dataclasses.field(default_factory=list)  # [step, psnr_y, ssim_y]
-    best: list[float] = dataclasses.field(default_factory=lambda: [0, -math.inf, 0.0])  # step, psnr, ssim
-    bicubic: tuple[float, float] | None = None
+    val: list[Score] = dataclasses.field(default_factory=list)
+    best: Score = NO_SCORE
+    bicubic: tuple[float, float] | None = None  # bicubic's Y-PSNR and Y-SSIM on the same val tiles
     train_seconds: float = 0.0  # in the training loop, over all invocations
     seconds: float = 0.0  # wall time, validation included, over all invocations
     run_ids: list[str] = dataclasses.field(default_factory=list)  # tracking runs that contributed
@@ -174,25 +186,37 @@ class History:
     def from_extra(cls, extra: dict[str, Any]) -> History:
         hist = cls(**{f.name: extra[f.name] for f in dataclasses.fields(cls)})
         hist.loss = [(loss, lr) for loss, lr in extra["loss"].tolist()]
+        hist.val = [_score(v) for v in hist.val]
+        hist.best = _score(hist.best)
         if len(hist.loss) != hist.step:
             raise ValueError(f"the loss history has {len(hist.loss)} rows for step {hist.step}")
         return hist
 
     def summary(self, samples_per_step: int) -> dict[str, Any]:
-        last = self.val[-1] if self.val else [self.step, None, None]
+        last = self.val[-1] if self.val else None
         bic = self.bicubic or (None, None)
         return {
             "step": self.step,
-            "psnr_y": last[1],
-            "ssim_y": last[2],
-            "best_step": int(self.best[0]),
-            "best_psnr_y": self.best[1] if self.val else None,
-            "best_ssim_y": self.best[2] if self.val else None,
+            "psnr_y": last.psnr_y if last else None,
+            "ssim_y": last.ssim_y if last else None,
+            "best_step": self.best.step,
+            "best_psnr_y": self.best.psnr_y if self.val else None,
+            "best_ssim_y": self.best.ssim_y if self.val else None,
             "bicubic_psnr_y": bic[0],
             "bicubic_ssim_y": bic[1],
             "seconds": round(self.seconds, 2),
             "samples_per_s": round(self.step * samples_per_step / max(self.train_seconds, 1e-9), 3),
         }
+
+
+def _score(saved: Any) -> Score:
+    """A score as last.pt holds it: a dict, or the [step, psnr, ssim] list of older checkpoints."""
+    if isinstance(saved, Score):
+        return saved
+    if isinstance(saved, dict):
+        return Score(int(saved["step"]), float(saved["psnr_y"]), float(saved["ssim_y"]))
+    step, psnr, ssim = saved
+    return Score(int(step), float(psnr), float(ssim))
 
 
 def resumable(

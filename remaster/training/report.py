@@ -36,7 +36,8 @@ def write_history_csvs(plots_dir: Path, hist: History) -> list[Path]:
     """loss.csv (step,loss,lr; row i is step i+1) and val.csv, rewritten whole and atomically."""
     loss_rows = [[i + 1, f"{loss:.6g}", f"{lr:.6g}"] for i, (loss, lr) in enumerate(hist.loss)]
     b = hist.bicubic or (math.nan, math.nan)
-    val_rows = [[int(s), f"{p:.4f}", f"{q:.5f}", f"{b[0]:.4f}", f"{b[1]:.5f}"] for s, p, q in hist.val]
+    val_rows = [[v.step, f"{v.psnr_y:.4f}", f"{v.ssim_y:.5f}", f"{b[0]:.4f}", f"{b[1]:.5f}"]
+                for v in hist.val]  # fmt: skip
     loss_csv, val_csv = plots_dir / "loss.csv", plots_dir / "val.csv"
     write_text(loss_csv, _csv(["step", "loss", "lr"], loss_rows))
     header = ["step", "psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y"]
@@ -61,7 +62,7 @@ def write_curve_pngs(plots_dir: Path, hist: History) -> list[Path]:
     out.append(plots_dir / "loss.png")
     _save_fig(fig, out[-1])
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([v[0] for v in hist.val], [v[1] for v in hist.val], marker="o", label="A2N")
+    ax.plot([v.step for v in hist.val], [v.psnr_y for v in hist.val], marker="o", label="A2N")
     if hist.bicubic:
         ax.axhline(hist.bicubic[0], color="grey", ls="--", label="bicubic")
     ax.set(xlabel="step", ylabel="Y-PSNR (dB)", title="validation")
