@@ -14,7 +14,8 @@ trained on clean LR upscales that codec's blocks and ringing as if they were dra
    round trip (BT.601, as a player would convert); ``none`` stops after step 3.
 
 The video codecs run through ffmpeg pipes, a batch of same-sized frames per encode, with no
-temporary files. Frames are coded intra-only (``-g 1``) so that no frame borrows from another.
+temporary files (ffmpeg-python builds the commands, ``remaster.stopping`` runs them). Frames are
+coded intra-only (``-g 1``) so that no frame borrows from another.
 ``spec`` strings name a chain on the command line: ``x264:crf=23``, ``mpeg2:q=8``,
 ``jpeg:q=70,kernel=area,blur=0.8,noise=2``, ``bicubic`` (clean).
 """
@@ -24,13 +25,15 @@ from __future__ import annotations
 import functools
 import io
 import math
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import ffmpeg as ffmpeg_python  # the ffmpeg-python package, which builds the ffmpeg command lines
 import numpy as np
 from PIL import Image
 
+from remaster import stopping
 from remaster.config import BLUR_MAX, CODECS, KERNELS, NOISE_MAX, QUALITY_RANGE, RANGE_KEYS, RealisticParams
 from remaster.data.imaging import downscale
 
@@ -178,10 +181,16 @@ def jpeg_round_trip(img: np.ndarray, quality: int) -> np.ndarray:
 @functools.cache
 def ffmpeg_version() -> str:
     """The ffmpeg build that codes the LR (recorded beside it: another build may differ in bits)."""
+    # -version is no graph: a plain list
     try:
-        out = subprocess.run(["ffmpeg", "-hide_banner", "-version"], capture_output=True, check=True)
-    except (OSError, subprocess.CalledProcessError) as e:
+        out = stopping.run(["ffmpeg", "-hide_banner", "-version"])
+    except OSError as e:
         raise DegradationError(f"ffmpeg is needed for the video codecs and could not run: {e}") from e
+    if out.returncode != 0:
+        err = out.stderr.decode(errors="replace").strip()
+        raise DegradationError(
+            f"ffmpeg is needed for the video codecs and could not run: exit {out.returncode}: {err}"
+        )
     return out.stdout.decode(errors="replace").splitlines()[0]
 
 
@@ -197,9 +206,12 @@ def _codec_args(codec: str, quality: int) -> dict[str, object]:
     return {"vcodec": "rawvideo", "pix_fmt": "yuv420p", "format": "rawvideo"}
 
 
-def _run_ffmpeg(args: list[str], data: bytes, what: str) -> bytes:
+def _run_ffmpeg(graph: Any, data: bytes, what: str) -> bytes:
+    """Run an ffmpeg-python graph with ``data`` on its stdin; its stdout. ``stopping.run``, not
+    ffmpeg-python's own run: the registry must own the child, so that a stop can end it."""
+    args = graph.global_args("-nostdin", "-v", "error").compile()
     try:
-        done = subprocess.run(args, input=data, capture_output=True, check=False)
+        done = stopping.run(args, input=data)
     except OSError as e:
         raise DegradationError(f"{what}: ffmpeg could not start: {e}") from e
     if done.returncode != 0:
@@ -213,8 +225,6 @@ def codec_round_trip(frames: Sequence[np.ndarray], codec: str, quality: int) -> 
 
     Odd sides are padded by one mirrored row or column for 4:2:0 and cropped off again.
     """
-    import ffmpeg  # ffmpeg-python builds the argument lists
-
     if not frames:
         return []
     h, w = frames[0].shape[:2]
@@ -226,14 +236,14 @@ def codec_round_trip(frames: Sequence[np.ndarray], codec: str, quality: int) -> 
     what = f"{codec} q={quality} on {len(frames)} frame(s) of {w}x{h}"
     opts = _codec_args(codec, quality)
     fmt = str(opts["format"])
-    enc = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=size, r=25).output("pipe:", **opts)
-    coded = _run_ffmpeg(enc.global_args("-nostdin", "-v", "error").compile(), raw, what + " (encode)")
+    raw_in = ffmpeg_python.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=size, r=25)
+    coded = _run_ffmpeg(raw_in.output("pipe:", **opts), raw, what + " (encode)")
     if fmt == "rawvideo":
-        dec = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="yuv420p", s=size, r=25)
+        dec = ffmpeg_python.input("pipe:", format="rawvideo", pix_fmt="yuv420p", s=size, r=25)
     else:  # the raw elementary streams' demuxers: h264, and mpegvideo for mpeg2video
-        dec = ffmpeg.input("pipe:", format="mpegvideo" if fmt == "mpeg2video" else fmt)
+        dec = ffmpeg_python.input("pipe:", format="mpegvideo" if fmt == "mpeg2video" else fmt)
     dec = dec.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
-    out = _run_ffmpeg(dec.global_args("-nostdin", "-v", "error").compile(), coded, what + " (decode)")
+    out = _run_ffmpeg(dec, coded, what + " (decode)")
     n = len(out) // (ph * pw * 3)
     if n != len(frames) or len(out) % (ph * pw * 3):
         raise DegradationError(f"{what}: ffmpeg returned {n} frames for {len(frames)}")

@@ -1,9 +1,10 @@
 """ffmpeg for the video remaster: split, upscale through pipes, concat, mux (checked by
 ``remaster.video.verify``).
 
-Every call is an argument list, never a shell string, and every step checks what it made: a
-dropped frame silently desynchronises the audio, so frames are counted at the split, at the
-upscale and at the end, and any mismatch raises with the reason.
+Every command is built as an ffmpeg-python graph and compiled to an argument list (never a shell
+string), which ``remaster.stopping`` runs, so that a stop can end every child. Every step checks
+what it made: a dropped frame silently desynchronises the audio, so frames are counted at the
+split, at the upscale and at the end, and any mismatch raises with the reason.
 
 Frames travel as raw rgb24 through pipes, which carry no timestamps. Each segment's encoder
 rebuilds them from the source's own frame timestamps (a ``setpts`` expression over the runs of
@@ -22,7 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
+import ffmpeg as ffmpeg_python  # the ffmpeg-python package (this module shares its name)
 import numpy as np
 
 from remaster import stopping
@@ -30,13 +33,12 @@ from remaster.files import atomic_path
 from remaster.video.probe import (
     BT601,
     DEFAULT_TAGS,
-    FFMPEG,
-    QUIET,
     SCALE_MATRIX,
     Colour,
     VideoError,
     VideoInfo,
     count_packets,
+    ffmpeg_args,
     frame_pass,
     run_ffmpeg,
     tail_text,
@@ -71,15 +73,26 @@ def check_accounting(total: int, counts: Sequence[int]) -> None:
         )
 
 
+def split_cmd(info: VideoInfo, out_dir: Path, seconds: float) -> list[str]:
+    """ffmpeg copying the video stream to ``out_dir/seg_%05d.mkv``, cut at keyframes every ~``seconds``."""
+    video = ffmpeg_python.input(info.path)[str(info.index)]
+    graph = video.output(
+        str(out_dir / "seg_%05d.mkv"),
+        c="copy",
+        format="segment",
+        segment_time=f"{seconds:.3f}" if seconds > 0 else "99999999",
+        reset_timestamps=1,
+        segment_format="matroska",
+    )
+    return ffmpeg_args(graph)
+
+
 def split(info: VideoInfo, out_dir: Path, seconds: float) -> list[Segment]:
     """Cut the video stream at keyframes every ~``seconds`` (0: one segment) by stream copy."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("seg_*.mkv"):
         old.unlink()
-    cmd = [FFMPEG, *QUIET, "-i", info.path, "-map", f"0:{info.index}", "-c", "copy", "-f", "segment"]
-    cmd += ["-segment_time", f"{seconds:.3f}" if seconds > 0 else "99999999", "-reset_timestamps", "1"]
-    cmd += ["-segment_format", "matroska", str(out_dir / "seg_%05d.mkv")]
-    run_ffmpeg(cmd, f"splitting {info.path}")
+    run_ffmpeg(split_cmd(info, out_dir, seconds), f"splitting {info.path}")
     paths = sorted(out_dir.glob("seg_*.mkv"))
     passes = [frame_pass(p, "v:0") for p in paths]
     check_accounting(info.frames, [len(f.pts) for f in passes])
@@ -150,15 +163,19 @@ def output_size(info: VideoInfo, scale: int) -> tuple[int, int]:
     return w * scale + (w * scale) % 2, h * scale + (h * scale) % 2
 
 
-def decode_filters(info: VideoInfo, deinterlace: bool) -> str:
-    """Deinterlace (one frame per frame), rotate upright, YCbCr -> rgb24 with the source's matrix."""
-    filters = ["bwdif=mode=send_frame:parity=auto:deint=all"] if deinterlace else []
-    filters += {90: ["transpose=clock"], 180: ["hflip", "vflip"], 270: ["transpose=cclock"]}.get(
-        info.rotation, []
-    )
+def decode_filters(video: Any, info: VideoInfo, deinterlace: bool) -> Any:
+    """``video`` (an ffmpeg-python stream) deinterlaced (one frame per frame), rotated upright and
+    turned from YCbCr to rgb24 with the source's matrix."""
+    if deinterlace:
+        video = video.filter("bwdif", mode="send_frame", parity="auto", deint="all")
+    if info.rotation in (90, 270):
+        video = video.filter("transpose", dir="clock" if info.rotation == 90 else "cclock")
+    elif info.rotation == 180:
+        video = video.filter("hflip").filter("vflip")
     matrix, rng = SCALE_MATRIX[source_matrix(info)], colour_range(info)
-    filters.append(f"scale=in_color_matrix={matrix}:in_range={rng}:flags=accurate_rnd+full_chroma_int")
-    return ",".join([*filters, "format=rgb24"])
+    flags = "accurate_rnd+full_chroma_int"
+    video = video.filter("scale", in_color_matrix=matrix, in_range=rng, flags=flags)
+    return video.filter("format", pix_fmts="rgb24")
 
 
 def pts_expression(pts: Sequence[int]) -> str:
@@ -214,31 +231,35 @@ def encode_cmd(dst: Path, info: VideoInfo, seg: Segment, scale: int, enc: Encode
     w, h = info.display_size
     out_w, out_h = output_size(info, scale)
     colour, rate, tb = output_colour(info, out_h), info.frame_rate, info.tb
-    filters = [f"settb={tb.numerator}/{tb.denominator}", f"setpts='{segment_pts(info, seg)}'"]
+    size, fps = f"{w * scale}x{h * scale}", f"{rate.numerator}/{rate.denominator}"
+    video = ffmpeg_python.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=size, framerate=fps)
+    video = video.filter("settb", expr=f"{tb.numerator}/{tb.denominator}")
+    video = video.filter("setpts", expr=segment_pts(info, seg))
     if (out_w, out_h) != (w * scale, h * scale):
-        filters.append(f"pad={out_w}:{out_h}")
+        video = video.filter("pad", width=out_w, height=out_h)
     if info.sar not in ("1:1", "0:1", "N/A", ""):
-        filters.append(f"setsar={info.sar.replace(':', '/')}")
-    filters.append(
-        f"scale=out_color_matrix={SCALE_MATRIX[colour.matrix]}:out_range={colour.range}:flags=accurate_rnd"
-    )
-    cmd = [FFMPEG, *QUIET, "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w * scale}x{h * scale}"]
-    cmd += ["-framerate", f"{rate.numerator}/{rate.denominator}", "-i", "-"]
-    cmd += ["-vf", ",".join([*filters, f"format={enc.pix_fmt}"]), "-fps_mode", "passthrough"]
+        video = video.filter("setsar", r=info.sar.replace(":", "/"))
+    matrix = SCALE_MATRIX[colour.matrix]
+    video = video.filter("scale", out_color_matrix=matrix, out_range=colour.range, flags="accurate_rnd")
+    video = video.filter("format", pix_fmts=enc.pix_fmt)
+    opts: dict[str, object] = {"fps_mode": "passthrough", "c:v": enc.codec, "preset": enc.preset}
     # the encoder keeps the source's time base: its default, 1/frame rate, would round VFR times
-    cmd += ["-enc_time_base", f"{tb.numerator}/{tb.denominator}"]
-    cmd += ["-c:v", enc.codec, "-preset", enc.preset, "-crf", str(enc.crf)]
-    cmd += ["-x265-params", "log-level=error"] if enc.codec == "libx265" else []
+    opts.update(enc_time_base=f"{tb.numerator}/{tb.denominator}", crf=enc.crf)
+    if enc.codec == "libx265":
+        opts["x265-params"] = "log-level=error"
     tags = {"colorspace": colour.matrix, "color_primaries": colour.primaries, "color_trc": colour.transfer}
-    for opt, value in tags.items():
-        cmd += [f"-{opt}", value] if value != "unknown" else []
-    return [*cmd, "-color_range", colour.range, "-f", "matroska", str(dst)]
+    opts.update({opt: value for opt, value in tags.items() if value != "unknown"})
+    graph = video.output(str(dst), format="matroska", color_range=colour.range, **opts)
+    return ffmpeg_args(graph, overwrite=True)
 
 
 def decode_cmd(seg: Segment, info: VideoInfo, deinterlace: bool) -> list[str]:
     """ffmpeg writing ``seg``'s frames to stdout as rgb24, as the upscaler sees them."""
-    cmd = [FFMPEG, *QUIET, "-noautorotate", "-i", seg.path, "-map", "0:v:0"]
-    return [*cmd, "-vf", decode_filters(info, deinterlace), "-fps_mode", "passthrough", "-f", "rawvideo", "-"]
+    video = ffmpeg_python.input(seg.path, noautorotate=None)["v:0"]  # None: a flag without a value
+    graph = decode_filters(video, info, deinterlace).output(
+        "pipe:", format="rawvideo", fps_mode="passthrough"
+    )
+    return ffmpeg_args(graph)
 
 
 @dataclass(frozen=True)
@@ -303,7 +324,8 @@ def upscale_segment(
             progress(n, computed)
         return True
 
-    # stderr goes to files: a full stderr pipe would block ffmpeg while we wait on its stdout
+    # stderr goes to files: a full stderr pipe would block ffmpeg while we wait on its stdout.
+    # stopping.spawn, not ffmpeg-python's run_async: the registry must own both children.
     with atomic_path(dst) as tmp, tempfile.TemporaryFile() as dec_err, tempfile.TemporaryFile() as enc_err:
         dec = stopping.spawn(decode_cmd(seg, info, deinterlace), stdout=subprocess.PIPE, stderr=dec_err)
         encoder = stopping.spawn(
@@ -368,6 +390,7 @@ def count_held(
     for seg in segments:
         held = HeldFrames(reuse)
         with tempfile.TemporaryFile() as err:
+            # stopping.spawn, not ffmpeg-python's run_async: the registry must own the child
             dec = stopping.spawn(decode_cmd(seg, info, deinterlace), stdout=subprocess.PIPE, stderr=err)
             assert dec.stdout is not None
             try:
@@ -400,9 +423,11 @@ def save_frames(folder: Path, first: int, frames: np.ndarray) -> None:
 def extract_frame(info: VideoInfo, frame: int, deinterlace: bool = False) -> np.ndarray:
     """One source frame as the upscaler sees it: (H, W, 3) uint8."""
     t = float((info.pts[frame] - info.pts[0]) * info.tb)
-    cmd = [FFMPEG, *QUIET, "-noautorotate", "-i", info.path, "-map", f"0:{info.index}", "-ss", f"{t:.6f}"]
-    cmd += ["-vf", decode_filters(info, deinterlace), "-frames:v", "1", "-f", "rawvideo", "-"]
-    done = stopping.run(cmd)
+    video = ffmpeg_python.input(info.path, noautorotate=None)[str(info.index)]
+    graph = decode_filters(video, info, deinterlace).output(
+        "pipe:", ss=f"{t:.6f}", format="rawvideo", **{"frames:v": 1}
+    )
+    done = stopping.run(ffmpeg_args(graph))  # not ffmpeg-python's run: the registry must own the child
     if done.returncode != 0:
         raise RuntimeError(
             f"extracting frame {frame} failed (exit {done.returncode}): {tail_text(done.stderr.decode())}"
@@ -420,25 +445,40 @@ def concat(parts: Sequence[Path], durations: Sequence[float], dst: Path) -> None
         quoted = str(Path(part).resolve()).replace("'", "'\\''")
         lines += [f"file '{quoted}'", f"duration {duration:.6f}"]
     listing.write_text("\n".join(lines) + "\n")
-    cmd = [FFMPEG, *QUIET, "-y", "-f", "concat", "-safe", "0", "-i", str(listing)]
-    run_ffmpeg([*cmd, "-map", "0:v", "-c", "copy", "-f", "matroska", str(dst)], "joining the segments")
+    run_ffmpeg(concat_cmd(listing, dst), "joining the segments")
     listing.unlink()
+
+
+def concat_cmd(listing: Path, dst: Path) -> list[str]:
+    """ffmpeg copying the video of the segments an ffconcat ``listing`` names into ``dst``."""
+    video = ffmpeg_python.input(str(listing), format="concat", safe=0)["v"]
+    return ffmpeg_args(video.output(str(dst), c="copy", format="matroska"), overwrite=True)
 
 
 def mux(video: Path, info: VideoInfo, dst: Path, codec: str = "libx264") -> None:
     """The new video plus every audio, subtitle, attachment and chapter of the source, copied as is."""
-    cmd = [FFMPEG, *QUIET, "-y"]
-    offset = info.video_start - info.start_time  # where the video starts among the source's streams
-    if abs(offset) > 1e-6:
-        cmd += ["-itsoffset", f"{offset:.6f}"]
-    cmd += ["-i", str(video), "-i", info.path, "-map", "0:v:0"]
-    cmd += ["-map", "1:a?", "-map", "1:s?", "-map", "1:t?"]  # every audio, subtitle and attachment
-    cmd += ["-map_chapters", "1", "-map_metadata", "1", "-c", "copy", "-max_muxing_queue_size", "4096"]
-    # Setting one disposition by hand stops ffmpeg marking streams default by itself: all stay as they were.
-    cmd += ["-metadata:s:v:0", f"language={info.language}", "-disposition:v:0", info.disposition]
-    if dst.suffix.lower() in (".mp4", ".m4v", ".mov"):
-        cmd += ["-movflags", "+faststart", *(["-tag:v", "hvc1"] if codec == "libx265" else [])]
     try:
-        run_ffmpeg([*cmd, str(dst)], "muxing")
+        run_ffmpeg(mux_cmd(video, info, dst, codec), "muxing")
     except RuntimeError as e:
         raise RuntimeError(f"{e}\n(.mkv holds any stream; {dst.suffix} may not hold all the source's)") from e
+
+
+def mux_cmd(video: Path, info: VideoInfo, dst: Path, codec: str = "libx264") -> list[str]:
+    """ffmpeg writing ``dst``: ``video``'s video, then every audio, subtitle and attachment stream,
+    the chapters and the metadata of the source, all copied."""
+    offset = info.video_start - info.start_time  # where the video starts among the source's streams
+    new = ffmpeg_python.input(str(video), **({"itsoffset": f"{offset:.6f}"} if abs(offset) > 1e-6 else {}))
+    source = ffmpeg_python.input(info.path)
+    opts: dict[str, object] = {
+        "map_chapters": 1,
+        "map_metadata": 1,
+        "c": "copy",
+        "max_muxing_queue_size": 4096,
+    }
+    # Setting one disposition by hand stops ffmpeg marking streams default by itself: all stay as they were.
+    opts.update({"metadata:s:v:0": f"language={info.language}", "disposition:v:0": info.disposition})
+    if dst.suffix.lower() in (".mp4", ".m4v", ".mov"):
+        opts.update({"movflags": "+faststart", **({"tag:v": "hvc1"} if codec == "libx265" else {})})
+    # inputs are numbered in the order their streams are first given: the new video 0, the source 1
+    streams = [new["v:0"], source["a?"], source["s?"], source["t?"]]  # every audio, subtitle and attachment
+    return ffmpeg_args(ffmpeg_python.output(*streams, str(dst), **opts), overwrite=True)

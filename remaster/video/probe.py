@@ -1,7 +1,8 @@
 """What is in a media file, from ffprobe and one decode pass: streams, timing, colour,
 interlacing, packet counts and stream hashes. ``remaster.video.ffmpeg`` builds the remaster on it.
 
-Every call is an argument list, never a shell string. A source that cannot be remastered raises
+Every call is an argument list, never a shell string: ffmpeg's are built as ffmpeg-python graphs
+(``ffmpeg_args``), ffprobe's are written out. A source that cannot be remastered raises
 ``VideoError`` with the reason.
 """
 
@@ -18,11 +19,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import ffmpeg as ffmpeg_python  # the ffmpeg-python package, which builds the ffmpeg command lines
+
 from remaster import stopping
 
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
-QUIET = ["-hide_banner", "-nostdin", "-loglevel", "error"]
+QUIET = ("-hide_banner", "-nostdin", "-loglevel", "error")
 TRUNCATION_SIGNS = ("partial file", "ended prematurely", "moov atom not found")
 # ffprobe's colour-matrix names -> the scale filter's names for the same matrices
 SCALE_MATRIX = {
@@ -55,14 +58,30 @@ def as_int(value: Any) -> int | None:
         return None
 
 
+def ffmpeg_args(graph: Any, global_args: Sequence[str] = QUIET, overwrite: bool = False) -> list[str]:
+    """The ffmpeg argument list of an ffmpeg-python output graph, with ``global_args`` (which ffmpeg
+    takes anywhere on the line) and ``-y`` where ``overwrite``."""
+    return list(graph.global_args(*global_args).compile(FFMPEG, overwrite_output=overwrite))
+
+
+# ffmpeg (5.1) exits 0 when it cannot write an output's trailer or close it, a full disk among the
+# causes: the file it leaves is cut short. These lines in its errors are failures all the same.
+WRITE_FAILURES = ("Error writing trailer", "Error closing file", "No space left on device")
+
+
 def run_ffmpeg(cmd: Sequence[str], what: str) -> subprocess.CompletedProcess[str]:
     res = stopping.run(cmd, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"{what} failed (exit {res.returncode}): {tail_text(res.stderr)}")
+    if any(sign in res.stderr for sign in WRITE_FAILURES):
+        raise RuntimeError(f"{what} failed: the output could not be written in full: {tail_text(res.stderr)}")
     return res
 
 
 def ffprobe_json(path: Path | str) -> dict[str, Any]:
+    # The ffprobe calls stay argument lists: ffmpeg-python's probe() always asks for the format and
+    # streams as JSON (no -show_chapters, -show_entries or -count_packets alone, no compact output)
+    # and starts its own child, outside the registry of ``remaster.stopping``.
     cmd = [FFPROBE, "-v", "error", "-show_format", "-show_streams", "-show_chapters", "-of", "json"]
     return dict(json.loads(run_ffmpeg([*cmd, str(path)], f"probing {path}").stdout))
 
@@ -173,6 +192,7 @@ class Frames(NamedTuple):
 def frame_pass(path: str | Path, stream: int | str) -> Frames:
     """Decode one stream with ffprobe: every frame's timestamp, duration and interlace flag."""
     entries = "stream=time_base:frame=best_effort_timestamp,pkt_duration,interlaced_frame"
+    # ffprobe -show_entries: a list, as in ffprobe_json
     cmd = [FFPROBE, "-v", "error", "-select_streams", str(stream), "-show_entries", entries]
     res = stopping.run([*cmd, "-of", "compact", str(path)], text=True)
     if res.returncode != 0:
@@ -194,11 +214,16 @@ def frame_pass(path: str | Path, stream: int | str) -> Frames:
 
 def idet(path: str | Path, index: int, frames: int = 300, start: float = 0.0) -> tuple[int, int, int]:
     """(TFF, BFF, progressive) frame counts from ffmpeg's interlace detector on a sample."""
-    cmd = [FFMPEG, "-hide_banner", "-nostdin", "-nostats", "-ss", f"{start:.3f}", "-i", str(path)]
-    cmd += ["-map", f"0:{index}", "-vf", "idet", "-frames:v", str(frames), "-f", "null", "-"]
+    video = ffmpeg_python.input(str(path), ss=f"{start:.3f}")[str(index)]
+    graph = video.filter("idet").output("-", format="null", **{"frames:v": frames})
+    # info-level stderr: idet prints its counts there
+    cmd = ffmpeg_args(graph, ["-hide_banner", "-nostdin", "-nostats"])
     err = run_ffmpeg(cmd, f"interlace detection on {path}").stderr
-    m = re.search(r"Multi frame detection: TFF:\s*(\d+)\s*BFF:\s*(\d+)\s*Progressive:\s*(\d+)", err)
-    return (int(m[1]), int(m[2]), int(m[3])) if m else (0, 0, 0)
+    # The last report: ffmpeg first builds a -filter_complex graph once without frames, and its idet
+    # reports zeros as that graph is freed.
+    found = re.findall(r"Multi frame detection: TFF:\s*(\d+)\s*BFF:\s*(\d+)\s*Progressive:\s*(\d+)", err)
+    tff, bff, progressive = found[-1] if found else ("0", "0", "0")
+    return int(tff), int(bff), int(progressive)
 
 
 def _bit_depth(stream: dict[str, Any]) -> int:
@@ -294,6 +319,7 @@ def probe(path: str | Path) -> VideoInfo:
 
 def count_packets(path: Path, stream: str = "v:0") -> int:
     """Packets of one stream, without decoding; -1 when the file cannot be read."""
+    # ffprobe -count_packets: a list, as in ffprobe_json
     cmd = [FFPROBE, "-v", "error", "-select_streams", stream, "-count_packets"]
     res = stopping.run(
         [*cmd, "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)], text=True
@@ -303,6 +329,7 @@ def count_packets(path: Path, stream: str = "v:0") -> int:
 
 def packet_times(path: Path | str, stream: str) -> tuple[Fraction, list[int], list[int]]:
     """A stream's time base, and its packets' pts (sorted) and durations, without decoding."""
+    # ffprobe -show_entries packet=...: a list, as in ffprobe_json
     cmd = [FFPROBE, "-v", "error", "-select_streams", stream, "-show_entries"]
     cmd += ["stream=time_base:packet=pts,duration", "-of", "compact", str(path)]
     rows = compact_rows(run_ffmpeg(cmd, f"reading packets of {path}").stdout)
@@ -315,6 +342,6 @@ def packet_times(path: Path | str, stream: str) -> tuple[Fraction, list[int], li
 
 def stream_hashes(path: Path | str, kind: str) -> list[str]:
     """sha256 of the packets' bytes of every stream of ``kind`` (a, s): the container does not matter."""
-    cmd = [FFMPEG, *QUIET, "-i", str(path), "-map", f"0:{kind}", "-c", "copy", "-f", "streamhash"]
-    out = run_ffmpeg([*cmd, "-hash", "sha256", "-"], f"hashing {path}").stdout
+    graph = ffmpeg_python.input(str(path))[kind].output("-", c="copy", format="streamhash", hash="sha256")
+    out = run_ffmpeg(ffmpeg_args(graph), f"hashing {path}").stdout
     return [line.split(",", 2)[2] for line in out.splitlines() if line.count(",") >= 2]
