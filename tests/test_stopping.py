@@ -332,3 +332,36 @@ def test_sigterm_stops_watch_mid_run_and_keeps_its_record(
     )
     assert not [pid for pid in children if alive(pid)]
     assert not (out / "ep_x2.mkv").exists()
+
+
+def test_a_full_disk_while_writing_the_final_file_keeps_the_segments(
+    api_url: str, small: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC in the last step (the mux): a clear error, no OUTPUT, the finished segments kept, and
+    the same run then finishes from them without upscaling anything again."""
+    from flows import episode
+    from remaster.config import RemasterParams
+
+    cfg = A2NConfig(scale=2, n_feat=8, n_up_feat=8, n_blocks=1)
+    save_checkpoint(tmp_path / "tiny.pt", A2N(cfg), cfg)
+    p = RemasterParams(
+        scale=2, model=str(tmp_path / "tiny.pt"), segment_seconds=0.5, preset="ultrafast", workers=1
+    )
+    out = tmp_path / "out.mkv"
+    full = tmp_path / "full.mkv"
+    full.symlink_to("/dev/full")  # every write: ENOSPC
+    mux_cmd = ffmpeg.mux_cmd
+    monkeypatch.setattr(
+        ffmpeg, "mux_cmd", lambda video, info, dst, codec="libx264": mux_cmd(video, info, full, codec)
+    )
+    with pytest.raises(
+        RuntimeError,
+        match=r"muxing failed: the output could not be written in full: .*No space left on device",
+    ):
+        episode.with_workers(p)(str(small["src"]), str(out), p, False)
+    parts = sorted((out.parent / (out.name + ".parts")).glob("*/out/seg_*.mkv"))  # the upscaled ones
+    assert not out.exists() and parts
+    assert not stopping.live_children()
+    monkeypatch.setattr(ffmpeg, "mux_cmd", mux_cmd)
+    summary = episode.with_workers(p)(str(small["src"]), str(out), p, False)
+    assert summary["run"]["segments_reused"] == len(parts) and probe.count_packets(out) == 24

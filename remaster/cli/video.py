@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from remaster import stopping
-from remaster.commandline import UserError, add_output, prepare, run_main, stage_parser
+from remaster.commandline import UserError, add_output, load_params_or_exit, prepare, run_main, stage_parser
 from remaster.config import REUSE_MODES, RUNNERS, Codec, Deinterlace, PixFmt, RemasterParams
 from remaster.files import write_json
 
@@ -114,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.output and not args.dry_run_reuse:
         parser.error("the following arguments are required: -o/--output")
     check_input(args.input)
-    params, tracker = prepare(args)
-    p = settings(params.remaster, args)
+    load_params_or_exit(args.params, args.overrides)  # a bad value: exit 2 before anything starts
     from flows import episode  # Prefect and torch: only now that the job is known to make sense
     from remaster.video.ffmpeg import VerifyError
     from remaster.video.probe import VideoError
+
+    params, tracker = prepare(args)  # logging set up after Prefect's own, which keeps its format
+    p = settings(params.remaster, args)
 
     if args.dry_run_reuse:
         print(episode.reuse_preview(args.input, p))

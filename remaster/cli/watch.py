@@ -8,7 +8,7 @@ from typing import Any
 
 from remaster import stopping
 from remaster.cli.video import add_settings, settings
-from remaster.commandline import UserError, add_output, prepare, run_main, stage_parser
+from remaster.commandline import UserError, add_output, load_params_or_exit, prepare, run_main, stage_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,9 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.inbox.is_dir():
         raise UserError(f"{args.inbox}: no such folder")
-    params, tracker = prepare(args)
-    p = settings(params.remaster, args)
+    load_params_or_exit(args.params, args.overrides)  # a bad value: exit 2 before anything starts
     from flows import episode, watch  # Prefect and torch: only for real work
+
+    params, tracker = prepare(args)  # logging set up after Prefect's own, which keeps its format
+    p = settings(params.remaster, args)
 
     remaster = episode.with_workers(p)
     resume = f"what is done is recorded in {args.output / watch.STATE}; run the same command to go on"
