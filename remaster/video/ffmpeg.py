@@ -460,6 +460,8 @@ def mux(video: Path, info: VideoInfo, dst: Path, codec: str = "libx264") -> None
     try:
         run_ffmpeg(mux_cmd(video, info, dst, codec), "muxing")
     except RuntimeError as e:
+        if dst.suffix.lower() == ".mkv":
+            raise
         raise RuntimeError(f"{e}\n(.mkv holds any stream; {dst.suffix} may not hold all the source's)") from e
 
 
