@@ -38,12 +38,19 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+PROJECT_LOGGERS = ("remaster", "stages", "flows", "models", "__main__")
+
+
 def setup_logging(verbose: bool = False) -> None:
+    """INFO (DEBUG with -v) from the project's own loggers, on stderr. Where Prefect has already set
+    up the root logger (its console handler, at WARNING for other libraries), the project's loggers
+    get their level and reach that handler; elsewhere a plain handler is set up."""
+    level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per Prefect API call otherwise
 
 

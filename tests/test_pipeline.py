@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
 import pytest
+import torch
 from conftest import write_tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,3 +171,41 @@ def test_prefect_flow_runs_the_same_stages(tmp_path: Path, monkeypatch: pytest.M
         train_pipeline(*args)
         assert (tmp_path / "runs/last.pt").exists()
         assert [p.stat().st_mtime_ns for p in outputs[:2]] == stamps[:2]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_the_pipeline_in_training_and_the_same_command_resumes(
+    api_url: str, tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    from stages.demo import write_images
+
+    write_images(tmp_path / "scrape", 3, seed=1, width=560, height=520)
+    params = write_tiny_params(tmp_path / "params.yaml")
+    cmd = [sys.executable, "-m", "remaster.cli.pipeline", "--params", str(params), "--source",
+           str(tmp_path / "scrape"), "--data-dir", str(tmp_path / "data"),
+           "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    env = {**_env(), "PREFECT_API_URL": api_url, "PYTHONPATH": str(ROOT)}
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [*cmd, "-S", "train.iterations=5000"], cwd=tmp_path, env=env, stdout=out, stderr=out
+        )
+        deadline = time.monotonic() + 240
+        while "training x4, steps 0 to 5000" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(2.0)  # some steps in
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=60)
+    took, text = time.monotonic() - sent, log.read_text()
+    assert rc == code and took < 10, text[-3000:]
+    assert f"remaster pipeline: stopped by {sig.name}" in text and "run it again" in text
+    saved = torch.load(tmp_path / "runs" / "last.pt", weights_only=True)["step"]
+    assert 0 < saved < 5000
+    assert not any(p.name.startswith(".") and ".tmp-" in p.name for p in (tmp_path / "runs").iterdir())
+    if sig is signal.SIGTERM:  # the same command, told to stop soon after, goes on from the step
+        done = subprocess.run([*cmd, "-S", f"train.iterations={saved + 3}"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"resuming from step {saved}" in done.stderr + done.stdout
