@@ -47,6 +47,37 @@ class DemoParams:
     clip_seconds: float = 2.0
 
 
+SquarePixels = Literal["shrink", "stretch", "keep"]  # a non-square SAR: shrink an axis, stretch one, or keep
+
+
+@dataclass(frozen=True)
+class MiningParams:
+    """How ``ingest`` mines frames out of video files (``remaster.data.mining``)."""
+
+    frames_per_minute: float = 12.0  # at most this many frames per minute of video
+    repeat_tolerance: float = 1.5  # mean luma difference (grey levels, small grey copy) that still repeats
+    scene_threshold: float = 0.2  # grey-histogram change (0..1) between two frames that is a scene cut
+    black_level: int = 32  # a frame with 98% of its luma under this (0..255) is black
+    flat_std: float = 4.0  # a frame whose luma standard deviation is under this is near-flat
+    crop: bool = True  # crop letterbox and pillarbox bars
+    deinterlace: Deinterlace = "auto"  # auto (field order, frame flags, else idet), on or off
+    square_pixels: SquarePixels = "shrink"
+    min_seconds: float = 1.0  # a shorter video is rejected (too_short)
+
+    def __post_init__(self) -> None:
+        where = "ingest.video"
+        check_choices(self, where)
+        if not 0.0 < self.frames_per_minute <= 3600.0:
+            raise ValueError(f"{where}.frames_per_minute: {self.frames_per_minute} is outside (0, 3600]")
+        for key, hi in (("repeat_tolerance", 64.0), ("flat_std", 128.0), ("min_seconds", 3600.0)):
+            if not 0.0 <= getattr(self, key) <= hi:
+                raise ValueError(f"{where}.{key}: {getattr(self, key)} is outside 0..{hi:g}")
+        if not 0.0 < self.scene_threshold <= 1.0:
+            raise ValueError(f"{where}.scene_threshold: {self.scene_threshold} is outside (0, 1]")
+        if not 0 <= self.black_level <= 255:
+            raise ValueError(f"{where}.black_level: {self.black_level} is outside 0..255")
+
+
 @dataclass(frozen=True)
 class IngestParams:
     source_dir: str = "data/demo/scrape"
@@ -54,6 +85,7 @@ class IngestParams:
     max_pixels: int = 100_000_000
     background: tuple[int, int, int] = (255, 255, 255)
     near_dup_distance: int = 6
+    video: MiningParams = field(default_factory=MiningParams)
 
 
 @dataclass(frozen=True)

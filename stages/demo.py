@@ -3,6 +3,10 @@
 The pipeline must run end to end on a fresh clone with no user data, so this stage
 fabricates a demo dataset. All randomness comes from the seed, and only Pillow's
 built-in bitmap font is used, so a seed yields the same pixels on every machine.
+
+``--episode PATH`` also writes a short episode to mine training frames from (``ingest`` mines the
+videos of its source folder): a held shot, a scene cut, drawings on threes and a fade to black
+(``remaster.data.drawing.episode_frames``).
 """
 
 from __future__ import annotations
@@ -14,14 +18,29 @@ import logging
 import random
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from remaster import stopping
 from remaster.commandline import add_output, load_params_or_exit, run_main, setup_logging, stage_parser
-from remaster.data.drawing import INK, SS, WORDS, background, char_layout, character, downsample, text
+from remaster.data.drawing import (
+    EPISODE_FPS,
+    EPISODE_FRAMES,
+    INK,
+    SS,
+    WORDS,
+    background,
+    char_layout,
+    character,
+    character_sprite,
+    downsample,
+    episode_cut,
+    episode_frames,
+    text,
+)
 from remaster.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -87,14 +106,8 @@ def _frames(seconds: float, fps: int, width: int, height: int, seed: int) -> Ite
     pan = max(1, int(width * 0.25))
     bg = downsample(background(rng, (width + pan) * SS, height * SS, SS), width + pan, height)
     cx, cy, size = char_layout(rng, width * SS, height * SS)
-    char_seed, box = rng.getrandbits(64), (int(size * 1.8), int(size * 2.1))
-    sprites = []
-    for eyes in (1.0, 0.0):  # premultiplied alpha so LANCZOS does not leak black fringes
-        layer = Image.new("RGBA", box, (0, 0, 0, 0))
-        character(ImageDraw.Draw(layer), random.Random(char_seed), box[0] / 2, box[1] * 0.4, size, SS, eyes)
-        small = (max(1, box[0] // SS), max(1, box[1] // SS))
-        small_rgba = layer.convert("RGBa").resize(small, Image.Resampling.LANCZOS)
-        sprites.append(small_rgba.convert("RGBA"))
+    char_seed = rng.getrandbits(64)
+    sprites = [character_sprite(char_seed, size, SS, eyes) for eyes in (1.0, 0.0)]
     blink_every = max(2, int(fps * rng.uniform(0.8, 1.6)))
     x0, drift = cx / SS - sprites[0].width / 2, rng.choice([-1, 1]) * width * 0.2
     for i in range(n):
@@ -106,20 +119,10 @@ def _frames(seconds: float, fps: int, width: int, height: int, seed: int) -> Ite
         yield frame.tobytes()
 
 
-def write_clip(
-    path: Path,
-    seconds: float = 3.0,
-    fps: int = 25,
-    width: int = 576,
-    height: int = 432,
-    seed: int = 0,
-    ffmpeg: str = "ffmpeg",
-) -> Path:
-    """Encode an animated clip (H.264 yuv420p + AAC tone) reproducibly; atomic on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = round(seconds * fps)
-    mkv = path.suffix.lower() == ".mkv"
+def _clip_command(
+    ffmpeg: str, width: int, height: int, fps: int, n: int, mkv: bool, video_args: Sequence[str] = ()
+) -> list[str]:
+    """ffmpeg encoding rgb24 frames from stdin as H.264 yuv420p with an AAC tone, bit-exactly."""
     tone = "0.2*sin(2*PI*440*t)+0.08*sin(2*PI*660*t)*sin(PI*t)"
     cmd = [
         ffmpeg,
@@ -156,6 +159,7 @@ def write_clip(
         "veryfast",
         "-threads:v",
         "1",  # multi-threaded x264 output varies run to run and by core count
+        *video_args,
         "-c:a",
         "aac",
         "-b:a",
@@ -169,26 +173,64 @@ def write_clip(
         "-flags:a",
         "+bitexact",
     ]
-    cmd += ["-f", "matroska"] if mkv else ["-movflags", "+faststart", "-f", "mp4"]
-    log.info("encoding %d frames %dx%d@%d -> %s", n, width, height, fps, path)
+    return cmd + (["-f", "matroska"] if mkv else ["-movflags", "+faststart", "-f", "mp4"])
+
+
+def _encode_frames(path: Path, cmd: list[str], frames: Iterable[bytes]) -> Path:
+    """Feed ``frames`` to the encoder ``cmd`` writing ``path``; atomic on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     # stderr goes to a file: a full stderr pipe would deadlock us while we feed stdin
     with atomic_path(path) as tmp, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([*cmd, str(tmp)], stdin=subprocess.PIPE, stderr=err)  # muxer named by -f
+        proc = stopping.spawn([*cmd, str(tmp)], stdin=subprocess.PIPE, stderr=err)  # muxer named by -f
         assert proc.stdin is not None
         try:
-            for frame in _frames(seconds, fps, width, height, seed):
+            for frame in frames:
                 proc.stdin.write(frame)
         except BrokenPipeError:
             pass  # ffmpeg died; its exit status and stderr tell why
         finally:
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
-            rc = proc.wait()
+            rc = stopping.reap(proc)
         if rc != 0:
             err.seek(0)
             tail = err.read().decode(errors="replace")[-2000:]
             raise RuntimeError(f"ffmpeg failed (exit {rc}) writing {path}:\n{tail}")
     return path
+
+
+def write_clip(
+    path: Path,
+    seconds: float = 3.0,
+    fps: int = 25,
+    width: int = 576,
+    height: int = 432,
+    seed: int = 0,
+    ffmpeg: str = "ffmpeg",
+) -> Path:
+    """Encode an animated clip (H.264 yuv420p + AAC tone) reproducibly; atomic on success."""
+    path = Path(path)
+    n = round(seconds * fps)
+    cmd = _clip_command(ffmpeg, width, height, fps, n, path.suffix.lower() == ".mkv")
+    log.info("encoding %d frames %dx%d@%d -> %s", n, width, height, fps, path)
+    return _encode_frames(path, cmd, _frames(seconds, fps, width, height, seed))
+
+
+def write_episode(
+    path: Path, width: int = 1280, height: int = 720, seed: int = 0, ffmpeg: str = "ffmpeg"
+) -> Path:
+    """Encode the mining demo (``episode_frames``: 2.5 s at 24 fps) reproducibly; atomic on success.
+
+    Keyframes fall on the first frame of each shot only, and there are no B-frames, so every
+    new drawing is a P-frame larger than the repeats after it: the frames worth mining are known.
+    """
+    path = Path(path)
+    cut = episode_cut() / EPISODE_FPS
+    x264 = ["-bf", "0", "-g", "1000", "-sc_threshold", "0", "-force_key_frames", f"0,{cut:.6f}"]
+    n, mkv = EPISODE_FRAMES, path.suffix.lower() == ".mkv"
+    cmd = _clip_command(ffmpeg, width, height, EPISODE_FPS, n, mkv, x264)
+    log.info("encoding the %d-frame episode %dx%d@%d -> %s", n, width, height, EPISODE_FPS, path)
+    return _encode_frames(path, cmd, episode_frames(width, height, seed))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--clip", type=Path, default=Path("data/demo/clip.mp4"), help="the demo clip (.mp4/.mkv)"
     )
     parser.add_argument("--no-clip", action="store_true", help="write the images only")
+    parser.add_argument(
+        "--episode",
+        type=Path,
+        help="also write a 2.5 s episode to mine frames from (.mkv/.mp4): a held shot, a scene cut, "
+        "drawings on threes and a fade; demo.width x demo.height",
+    )
     return parser
 
 
@@ -208,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     write_images(args.output, d.n_images, d.seed, d.width, d.height)
     if not args.no_clip:
         write_clip(args.clip, seconds=d.clip_seconds, seed=d.seed)
+    if args.episode:
+        write_episode(args.episode, d.width - d.width % 2, d.height - d.height % 2, seed=d.seed)
     return 0
 
 

@@ -1,17 +1,25 @@
-"""Stage ``ingest``: validate, normalise and deduplicate a folder of scraped images.
+"""Stage ``ingest``: validate, normalise and deduplicate a folder of scraped images, and mine the
+best frames out of the videos in it.
 
 Every file found is one manifest row with a status and a reason:
 
 - ``ok``: decoded in full, normalised to 8-bit sRGB RGB and written as ``images/<hash>.png``;
   the reason notes what normalisation did (``from CMYK``, ``exif rotated`` ...);
+- ``video``: a video file (``remaster.data.mining.VIDEO_EXTENSIONS``) that frames were mined from
+  (``ingest.video`` in params.yaml); the reason sums up the mining. Each mined frame follows it as a
+  row of its own, ``<video>#pts=<pts>``, which goes through the same dedup as any image, with its
+  ``video``, ``time`` (s), ``pts``, ``frame_type``, ``packet_size``, ``crop`` (w:h:x:y of the
+  picture kept), ``deinterlaced`` and ``sar`` (the sample aspect ratio made square);
 - ``rejected``: ``zero_byte``, ``not_an_image``, ``truncated``, ``corrupt``, ``unreadable``,
-  ``too_small`` or ``too_large``;
+  ``too_small`` or ``too_large``; for a video also ``no_video_stream``, ``too_short`` or
+  ``no_usable_frames``;
 - ``duplicate`` / ``near_duplicate``: same pixels as, or a perceptual hash within
   ``near_dup_distance`` of, an image earlier in path order;
 - ``skipped``: ``unsupported_extension``.
 
 The source folder is only ever read. Results are cached by (path, size, mtime) so a rerun on
-an unchanged folder decodes nothing, and a new file costs one decode.
+an unchanged folder decodes nothing, and a new file costs one decode (one mining for a video).
+Images keep their cache when only ``ingest.video`` changes.
 """
 
 from __future__ import annotations
@@ -34,8 +42,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from remaster import stopping
 from remaster.commandline import prepare, run_main, stage_parser
 from remaster.config import IngestParams, as_dict
+from remaster.data import mining
 from remaster.data.imaging import EXTENSIONS, to_rgb8
 from remaster.files import atomic_path, display_path, write_json
 from remaster.parallel import Mapper, SerialMapper
@@ -43,7 +53,7 @@ from remaster.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 VALID = ("ok", "duplicate", "near_duplicate")  # decoded fine; the dedup pass decides which
 
 
@@ -56,11 +66,30 @@ class Record:
     status: str = ""
     reason: str = ""
     phash: str = ""  # 64-bit DCT perceptual hash, hex
-    size: int = 0
+    size: int = 0  # of the file (a mined frame: of its video)
     mtime_ns: int = 0
+    # a mined frame: where it came from and what was done to it (empty for an image)
+    video: str = ""  # the video it came from, relative to the source folder
+    time: float | None = None  # s from the start of the video, as a player shows it
+    pts: int | None = None  # presentation timestamp, in the video stream's time base
+    frame_type: str = ""  # I, P or B, as the decoder reports it
+    packet_size: int | None = None  # bytes of its coded picture
+    crop: str = ""  # w:h:x:y of the picture kept inside letterbox/pillarbox bars; "" = uncropped
+    deinterlaced: bool | None = None
+    sar: str = ""  # the non-square sample aspect ratio it was scaled from to square pixels
 
 
 COLUMNS = [f.name for f in fields(Record)]
+_PARSE: dict[str, Any] = {
+    "width": int,
+    "height": int,
+    "size": int,
+    "mtime_ns": int,
+    "time": float,
+    "pts": int,
+    "packet_size": int,
+    "deinterlaced": lambda v: v == "True",
+}
 
 
 def phash(img: Image.Image) -> int:
@@ -137,14 +166,61 @@ def examine(path: Path, rel: str, params: IngestParams, images_dir: Path) -> Rec
             status="rejected",
             reason=f"too_small: short side {min(w, h)} < {params.min_side}",
         )
+    return _store(rgb, replace(base, reason="; ".join(notes)), images_dir)
+
+
+def _store(rgb: Image.Image, base: Record, images_dir: Path) -> Record:
+    """Write a normalised RGB picture as ``images/<hash>.png`` (once) and fill in its record."""
+    w, h = rgb.size
     digest = hashlib.sha256(f"{w}x{h}:".encode() + rgb.tobytes()).hexdigest()[:20]
     out = images_dir / f"{digest}.png"
     if not out.exists():
         with atomic_path(out) as tmp:
             rgb.save(tmp, format="PNG", compress_level=1)
-    return replace(
-        base, hash=digest, width=w, height=h, status="ok", reason="; ".join(notes), phash=f"{phash(rgb):016x}"
-    )
+    return replace(base, hash=digest, width=w, height=h, status="ok", phash=f"{phash(rgb):016x}")
+
+
+def mine_video(path: Path, rel: str, params: IngestParams, images_dir: Path) -> list[Record]:
+    """A video's own row and one row per mined frame (each written as a PNG). A video that gives
+    nothing is one ``rejected`` row with the reason; only a stop (or no ffmpeg) raises."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return [Record(rel, status="rejected", reason=f"unreadable: {exc.strerror or exc}")]
+    base = Record(rel, size=st.st_size, mtime_ns=st.st_mtime_ns)
+    if st.st_size == 0:
+        return [replace(base, status="rejected", reason="zero_byte")]
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        return [replace(base, status="rejected", reason=f"unreadable: {exc.strerror or exc}")]
+    try:
+        mined = mining.mine(path, params.video, mining.Limits(params.min_side, params.max_pixels))
+        plan, sar = mined.plan, mined.source.sar
+        done = replace(
+            base,
+            width=plan.width,
+            height=plan.height,
+            crop=plan.crop_text,
+            deinterlaced=plan.deinterlace,
+            sar=f"{sar.numerator}:{sar.denominator}" if plan.square else "",
+        )
+        rows = [replace(done, status="video", reason=mined.describe())]
+        for frame, pixels in mining.mined_frames(path, mined):
+            row = replace(
+                done,
+                source=f"{rel}#pts={frame.pts}",
+                video=rel,
+                time=round(float(frame.time), 6),
+                pts=frame.pts,
+                frame_type=frame.frame_type,
+                packet_size=frame.packet_size,
+            )
+            rows.append(_store(Image.fromarray(pixels), row, images_dir))
+        return rows
+    except mining.Rejected as exc:
+        return [replace(base, status="rejected", reason=str(exc))]
 
 
 def _walk(source: Path) -> list[Path]:
@@ -158,8 +234,11 @@ def _read_manifest(path: Path) -> dict[str, Record]:
         return {}
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    ints = {"width", "height", "size", "mtime_ns"}
-    parsed: list[dict[str, Any]] = [{k: int(v) if k in ints else v for k, v in r.items()} for r in rows]
+    if not rows or set(rows[0]) != set(COLUMNS):
+        return {}  # written by an older version: no cache
+    parsed: list[dict[str, Any]] = [
+        {k: (_PARSE[k](v) if v != "" else None) if k in _PARSE else v for k, v in r.items()} for r in rows
+    ]
     return {r["source"]: Record(**r) for r in parsed}
 
 
@@ -196,8 +275,22 @@ def _deduplicate(records: list[Record], max_distance: int) -> list[Record]:
     return out
 
 
-def _examine_item(item: tuple[Path, str], params: IngestParams, images_dir: Path) -> Record:
-    return examine(item[0], item[1], params, images_dir)
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in mining.VIDEO_EXTENSIONS
+
+
+def _examine_item(item: tuple[Path, str], params: IngestParams, images_dir: Path) -> list[Record]:
+    """One file's rows: an image's one, or a video's own and its mined frames'."""
+    path, rel = item
+    if is_video(path):
+        return mine_video(path, rel, params, images_dir)
+    return [examine(path, rel, params, images_dir)]
+
+
+def _fingerprint(params: IngestParams) -> dict[str, Any]:
+    """What the cache depends on: images on every param but ``video``, videos on all of them."""
+    images = {k: v for k, v in as_dict(params).items() if k != "video"}
+    return {"version": STATE_VERSION, "params": images, "video": as_dict(params.video)}
 
 
 def run(
@@ -218,16 +311,23 @@ def run(
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     manifest_path, state_path = out_dir / "manifest.csv", out_dir / "state.json"
-    fingerprint = {"version": STATE_VERSION, "params": as_dict(params)}
-    cache: dict[str, Record] = {}
-    if state_path.exists() and json.loads(state_path.read_text() or "null") == fingerprint:
-        cache = _read_manifest(manifest_path)
-    found: list[Record | None] = []
+    fingerprint = _fingerprint(params)
+    state = json.loads(state_path.read_text() or "null") if state_path.exists() else None
+    state = state if isinstance(state, dict) else {}
+    same_images = all(state.get(k) == fingerprint[k] for k in ("version", "params"))
+    same_videos = same_images and state.get("video") == fingerprint["video"]
+    cache = _read_manifest(manifest_path) if same_images else {}
+    frames_of: dict[str, list[Record]] = {}
+    for r in cache.values():
+        if r.video:
+            frames_of.setdefault(r.video, []).append(r)
+    found: list[list[Record] | None] = []
     todo: list[tuple[Path, str]] = []
     for path in _walk(source):
         rel = display_path(path.relative_to(source))
-        if path.suffix.lower() not in EXTENSIONS:
-            found.append(Record(rel, status="skipped", reason="unsupported_extension"))
+        video = is_video(path)
+        if path.suffix.lower() not in EXTENSIONS and not video:
+            found.append([Record(rel, status="skipped", reason="unsupported_extension")])
             continue
         old = cache.get(rel)
         try:
@@ -235,21 +335,29 @@ def run(
             same = old is not None and (old.size, old.mtime_ns) == (st.st_size, st.st_mtime_ns)
         except OSError:
             same = False
-        if same and old is not None and old.status != "skipped":
-            found.append(old)
+        if same and old is not None and old.status != "skipped" and (same_videos or not video):
+            found.append([old, *frames_of.get(rel, [])] if video else [old])
         else:
             found.append(None)  # filled in path order from the mapper's results
             todo.append((path, rel))
     examine_one = partial(_examine_item, params=params, images_dir=images_dir)
     results = iter((mapper or SerialMapper())(examine_one, todo))
-    records = [r if r is not None else next(results) for r in found]
+    records = [r for rows in found for r in (rows if rows is not None else next(results))]
     decoded = len(todo)
     records = _deduplicate(records, params.near_dup_distance)
-    # A kept image whose PNG is gone (its twin used to be the one kept) is decoded again.
+    # A kept image whose PNG is gone (its twin used to be the one kept) is decoded again; a kept
+    # frame's video is mined again, which gives the same frames.
+    remined: set[str] = set()
     for i, r in enumerate(records):
-        if r.status == "ok" and not (images_dir / f"{r.hash}.png").exists():
+        if r.status != "ok" or (images_dir / f"{r.hash}.png").exists():
+            continue
+        if not r.video:
             fresh = examine(source / r.source, r.source, params, images_dir)
             records[i] = replace(fresh, status=r.status, reason=r.reason)
+            decoded += 1
+        elif r.video not in remined:
+            remined.add(r.video)
+            mine_video(source / r.video, r.video, params, images_dir)
             decoded += 1
     keep = {f"{r.hash}.png" for r in records if r.status == "ok"}
     for png in images_dir.iterdir():
@@ -266,7 +374,9 @@ def run(
     statuses = Counter(r.status for r in records)
     reasons = Counter(r.reason.split(":")[0] for r in records if r.status in ("rejected", "skipped"))
     summary = {
-        "files": len(records),
+        "files": sum(1 for r in records if not r.video),
+        "videos": statuses["video"],
+        "frames": sum(1 for r in records if r.video),
         "ok": statuses["ok"],
         "rejected": statuses["rejected"],
         "duplicate": statuses["duplicate"],
@@ -293,7 +403,7 @@ def run(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = stage_parser("Validate, normalise and deduplicate a folder of images.")
+    parser = stage_parser("Validate, normalise and deduplicate a folder of images; mine frames from videos.")
     parser.add_argument("--source", help="the scrape folder (default: ingest.source_dir)")
     parser.add_argument(
         "-o", "--output", default="data/ingested", help="output folder (default: %(default)s)"
@@ -305,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     params, tracker = prepare(args)
     source = Path(args.source or params.ingest.source_dir)
-    run(params.ingest, source, Path(args.output), tracker)
+    with stopping.stop_on_signals("remaster ingest", "run the same command again"):
+        run(params.ingest, source, Path(args.output), tracker)
     return 0
 
 

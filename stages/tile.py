@@ -3,8 +3,9 @@
 Tiles are not written as images: the stage writes an index (``tiles.csv``: image, x, y, split)
 that ``pack`` reads, so the pixels are stored once, in the HDF5 files. Positions step by
 ``stride``; when the last step does not reach the right or bottom edge, one more tile is
-aligned to it. Near-flat tiles can be skipped. The split is by source image, so no image feeds
-both train and val, and it is stable: adding an image does not move the others.
+aligned to it. Near-flat tiles can be skipped. The split is by source: an image, or the video
+that ingest mined frames from (all of a video's frames go to one side, so no scene feeds both
+train and val). It is stable: adding a source does not move the others.
 """
 
 from __future__ import annotations
@@ -64,10 +65,17 @@ def is_flat(tile: np.ndarray, threshold: float) -> bool:
     return float(luma.std()) < threshold
 
 
+def kept_images(ingested: Path) -> list[tuple[str, str]]:
+    """(content hash, source group) of each image ingest kept, in manifest order. The group is
+    ``video:<path>`` for a frame mined from a video, else the image's own hash."""
+    with open(ingested / "manifest.csv", newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    return [(r["hash"], f"video:{r['video']}" if r.get("video") else r["hash"]) for r in rows]
+
+
 def ok_images(ingested: Path) -> list[str]:
     """Content hashes of the images that ingest kept, in manifest order."""
-    with open(ingested / "manifest.csv", newline="", encoding="utf-8") as f:
-        return [r["hash"] for r in csv.DictReader(f) if r["status"] == "ok"]
+    return [digest for digest, _ in kept_images(ingested)]
 
 
 def run(params: TileParams, ingested: Path, out_dir: Path, tracker: Tracker | None = None) -> dict:
@@ -75,8 +83,11 @@ def run(params: TileParams, ingested: Path, out_dir: Path, tracker: Tracker | No
     started = time.perf_counter()
     if params.stride <= 0 or params.size <= 0:
         raise ValueError("tile.size and tile.stride must be positive")
-    images = ok_images(ingested)
-    val = split_images(images, params.val_fraction, params.seed)
+    kept = kept_images(ingested)
+    images = [digest for digest, _ in kept]
+    groups = list(dict.fromkeys(group for _, group in kept))
+    val_groups = split_images(groups, params.val_fraction, params.seed)
+    val = {digest for digest, group in kept if group in val_groups}
     counts = {"train": 0, "val": 0, "flat_skipped": 0, "too_small": 0}
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "tiles.csv") as tmp, open(tmp, "w", newline="") as f:
@@ -104,6 +115,8 @@ def run(params: TileParams, ingested: Path, out_dir: Path, tracker: Tracker | No
         "tile_size": params.size,
         "stride": params.stride,
         "val_images": len(val),
+        "groups": len(groups),
+        "val_groups": len(val_groups),
         "tiles_train": counts["train"],
         "tiles_val": counts["val"],
         "tiles_flat_skipped": counts["flat_skipped"],

@@ -161,6 +161,8 @@ def test_every_bad_input_is_recorded_with_its_reason(scrape: Path) -> None:
     assert status("readme.txt") == ("skipped", "unsupported_extension")
     assert summary["ok"] == 9
     assert summary["rejected"] == 6
+    assert (summary["videos"], summary["frames"]) == (0, 0)
+    assert all(r["video"] == r["time"] == r["pts"] == r["crop"] == "" for r in m.values())  # video columns
     assert (summary["duplicate"], summary["near_duplicate"], summary["skipped"]) == (1, 1, 1)
     pngs = sorted(p.name for p in (out / "images").iterdir())
     assert pngs == sorted(f"{r['hash']}.png" for r in m.values() if r["status"] == "ok")
@@ -225,3 +227,23 @@ def test_phash_separates_images_and_matches_reencodes() -> None:
 def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run(PARAMS, tmp_path / "nope", tmp_path / "out")
+
+
+def test_a_manifest_from_before_the_video_columns_is_not_used_as_a_cache(tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "a.png").write_bytes(_png(_img(1)))
+    first = run(PARAMS, src, out)
+    old_columns = "source,hash,width,height,status,reason,phash,size,mtime_ns"
+    rows = (out / "manifest.csv").read_text().splitlines()
+    (out / "manifest.csv").write_text(
+        "\n".join([old_columns, *(",".join(r.split(",")[:9]) for r in rows[1:])])
+    )
+    state = json.loads((out / "state.json").read_text())
+    (out / "state.json").write_text(
+        json.dumps({"version": 1, "params": {**state["params"], "video": state["video"]}})
+    )
+    again = run(PARAMS, src, out)
+    assert again["decoded"] == 1 and again["ok"] == first["ok"] == 1
+    header = (out / "manifest.csv").read_text().splitlines()[0]
+    assert header == f"{old_columns},video,time,pts,frame_type,packet_size,crop,deinterlaced,sar"

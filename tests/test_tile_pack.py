@@ -62,7 +62,7 @@ def test_tile_counts_match_the_formula(packed: dict[str, Path]) -> None:
     assert summary["val_images"] == 1 and summary["tiles_val"] == per_image
     with open(packed["root"] / "tiles" / "tiles.csv") as f:
         rows = list(csv.DictReader(f))
-    by_split = {r["split"]: set() for r in rows}
+    by_split: dict[str, set[str]] = {r["split"]: set() for r in rows}
     for r in rows:
         by_split[r["split"]].add(r["image"])
     assert not by_split["train"] & by_split["val"], "an image feeds both splits"
@@ -113,6 +113,7 @@ def test_killed_pack_leaves_no_file(packed: dict[str, Path]) -> None:
     deadline = time.time() + 60
     while time.time() < deadline and not any((root / "killed").glob(".train.h5.tmp-*")):
         time.sleep(0.02)
+    assert proc.pid is not None
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
     assert not (root / "killed" / "train.h5").exists()
@@ -190,3 +191,40 @@ def test_shared_anime_images_end_to_end(shared: Path, tmp_path: Path) -> None:
     with h5py.File(tmp_path / "packed" / "train.h5") as ftr, h5py.File(tmp_path / "packed" / "val.h5") as fva:
         assert ftr["hr"].shape[0] + fva["hr"].shape[0] == 345
         assert ftr["lr_x2"].shape[1:] == (240, 240, 3)
+
+
+def test_split_keeps_each_video_on_one_side(tmp_path: Path) -> None:
+    """Frames mined from one video share their scenes: they go to train or to val together."""
+    from dataclasses import asdict
+
+    from PIL import Image
+
+    ingested = tmp_path / "ingested"
+    (ingested / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(16):
+        video = f"ep{i % 3}.mkv" if i < 12 else ""  # 3 videos of 4 frames, and 4 images
+        pixels = rng.integers(0, 256, (240, 240, 3), dtype=np.uint8)
+        digest = f"{i:020x}"
+        Image.fromarray(pixels).save(ingested / "images" / f"{digest}.png")
+        source = f"{video}#pts={i}" if video else f"img{i}.png"
+        rows.append(ingest.Record(source, digest, 240, 240, "ok", video=video, pts=i if video else None))
+    with open(ingested / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=ingest.COLUMNS)
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    videos_in_val = 0
+    for seed in range(8):
+        out = tmp_path / f"tiles{seed}"
+        summary = tile.run(TileParams(size=240, stride=240, val_fraction=0.3, seed=seed), ingested, out)
+        assert (summary["groups"], summary["val_groups"]) == (7, 2)  # 3 videos and 4 images
+        with open(out / "tiles.csv") as f:
+            split_of = {r["image"]: r["split"] for r in csv.DictReader(f)}
+        for v in range(3):
+            sides = {split_of[r.hash] for r in rows if r.video == f"ep{v}.mkv"}
+            assert len(sides) == 1, f"ep{v}.mkv feeds {sides}"
+            videos_in_val += sides == {"val"}
+        val_images = sum(split_of[r.hash] == "val" for r in rows)
+        assert summary["val_images"] == val_images
+    assert videos_in_val > 0

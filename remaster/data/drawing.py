@@ -1,4 +1,4 @@
-"""Drawing for the demo stills and clip: cel-shaded backgrounds, characters and captions.
+"""Drawing for the demo stills, clip and episode: cel-shaded backgrounds, characters and captions.
 
 Everything is drawn at ``SS`` times the final size and LANCZOS-downsampled, so edges are
 anti-aliased as in real anime frames. Only Pillow's built-in bitmap font is used, and all
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import random
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -213,6 +214,16 @@ def character(
     d.line(mouth, fill=INK, width=max(s, lw // 2))
 
 
+def character_sprite(seed: int, size: float, s: int, eyes_open: float = 1.0) -> Image.Image:
+    """The character of ``seed`` alone on transparency (RGBA), drawn at scale ``s`` and
+    LANCZOS-downsampled by ``s`` with premultiplied alpha, so no black fringe leaks in."""
+    box = (int(size * 1.8), int(size * 2.1))
+    layer = Image.new("RGBA", box, (0, 0, 0, 0))
+    character(ImageDraw.Draw(layer), random.Random(seed), box[0] / 2, box[1] * 0.4, size, s, eyes_open)
+    small = (max(1, box[0] // s), max(1, box[1] // s))
+    return layer.convert("RGBa").resize(small, Image.Resampling.LANCZOS).convert("RGBA")
+
+
 def char_layout(rng: random.Random, w: int, h: int) -> tuple[float, float, float]:
     size = h * rng.uniform(0.2, 0.5)
     return rng.uniform(0.15, 0.85) * w, h - size * rng.uniform(0.9, 1.3), size
@@ -220,3 +231,53 @@ def char_layout(rng: random.Random, w: int, h: int) -> tuple[float, float, float
 
 def downsample(img: Image.Image, w: int, h: int) -> Image.Image:
     return img.resize((w, h), Image.Resampling.LANCZOS)
+
+
+# The mining demo: a held shot, a cut, a shot drawn on threes, a fade to black (frames at 24 fps).
+EPISODE_FPS = 24
+EPISODE_HELD = 24  # frames the first shot holds still
+EPISODE_DRAWINGS = 8  # drawings of the second shot ...
+EPISODE_ON = 3  # ... each held this many frames (on threes)
+EPISODE_FADE = 12  # frames of the fade to black that ends it
+EPISODE_FRAMES = EPISODE_HELD + EPISODE_DRAWINGS * EPISODE_ON + EPISODE_FADE
+
+
+def episode_cut() -> int:
+    """The first frame of the second shot."""
+    return EPISODE_HELD
+
+
+def episode_drawings() -> list[int]:
+    """The first frame of each new drawing: the held still's, then each of the second shot's."""
+    return [0, *(EPISODE_HELD + k * EPISODE_ON for k in range(EPISODE_DRAWINGS))]
+
+
+def _scene(rng: random.Random, width: int, height: int) -> Image.Image:
+    return downsample(background(rng, width * SS, height * SS, SS), width, height)
+
+
+def episode_frames(width: int, height: int, seed: int = 0) -> Iterator[bytes]:
+    """RGB24 frames of a short episode, fully determined by ``seed``: a still shot held for
+    ``EPISODE_HELD`` frames; a cut to another scene where a character crosses the frame in
+    ``EPISODE_DRAWINGS`` drawings on threes; a fade of the last drawing to black."""
+    rng = random.Random(seed)
+    first = _scene(rng, width, height)
+    cx, cy, size = char_layout(rng, width * SS, height * SS)
+    sprite = character_sprite(rng.getrandbits(64), size, SS)
+    first.paste(sprite, (int(cx / SS - sprite.width / 2), int(cy / SS - sprite.height * 0.4)), sprite)
+    still = first.tobytes()
+    for _ in range(EPISODE_HELD):
+        yield still
+    second = _scene(rng, width, height)
+    walker = character_sprite(rng.getrandbits(64), height * SS * 0.35, SS)
+    span, y = max(0, width - walker.width), int(height - walker.height * 0.9)
+    frame = second
+    for k in range(EPISODE_DRAWINGS):
+        frame = second.copy()
+        frame.paste(walker, (span * k // (EPISODE_DRAWINGS - 1), y), walker)
+        drawing = frame.tobytes()
+        for _ in range(EPISODE_ON):
+            yield drawing
+    last = np.asarray(frame, np.float32)
+    for k in range(1, EPISODE_FADE + 1):
+        yield (last * (1 - k / EPISODE_FADE)).round().astype(np.uint8).tobytes()
