@@ -28,12 +28,14 @@ import argparse
 import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
@@ -41,14 +43,15 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 from remaster import stopping
-from remaster.commandline import prepare, run_main, stage_parser
+from remaster.commandline import prepare, progress_enabled, run_main, stage_parser
 from remaster.config import IngestParams, as_dict
 from remaster.data import mining
 from remaster.data.imaging import EXTENSIONS, to_rgb8
 from remaster.files import atomic_path, display_path, write_json
-from remaster.parallel import Mapper, SerialMapper
+from remaster.parallel import Mapper, SerialMapper, windows
 from remaster.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -242,10 +245,48 @@ def _read_manifest(path: Path) -> dict[str, Record]:
     return {r["source"]: Record(**r) for r in parsed}
 
 
+class NearDuplicates:
+    """The kept perceptual hashes, searchable for the nearest within ``max_distance`` bits with a
+    few dictionary lookups per query, whatever the number kept. The 64 bits are cut into
+    ``max_distance + 2`` blocks; two hashes at most ``max_distance`` bits apart differ in at most
+    that many blocks, so they agree on at least two whole blocks (pigeonhole). One table per pair of
+    blocks, keyed on both, gives every candidate; only those are compared."""
+
+    def __init__(self, max_distance: int) -> None:
+        self.max_distance = max_distance
+        n = min(max(max_distance, 0) + 2, 64)
+        edges = [round(64 * i / n) for i in range(n + 1)]
+        blocks = [(lo, (1 << (hi - lo)) - 1) for lo, hi in itertools.pairwise(edges)]
+        self.pairs = list(itertools.combinations(blocks, 2))
+        self.tables: list[dict[tuple[int, int], list[int]]] = [{} for _ in self.pairs]
+        self.hashes: list[int] = []
+
+    def _keys(self, h: int) -> Iterator[tuple[int, int]]:
+        for (lo1, mask1), (lo2, mask2) in self.pairs:
+            yield (h >> lo1) & mask1, (h >> lo2) & mask2
+
+    def nearest(self, h: int) -> tuple[int, int] | None:
+        """(index, distance) of the closest kept hash within ``max_distance``, the earliest on a tie."""
+        found: set[int] = set()
+        for key, table in zip(self._keys(h), self.tables, strict=True):
+            found.update(table.get(key, ()))
+        best: tuple[int, int] | None = None
+        for i in sorted(found):
+            dist = (h ^ self.hashes[i]).bit_count()
+            if dist <= self.max_distance and (best is None or dist < best[1]):
+                best = (i, dist)
+        return best
+
+    def add(self, h: int) -> None:
+        for key, table in zip(self._keys(h), self.tables, strict=True):
+            table.setdefault(key, []).append(len(self.hashes))
+        self.hashes.append(h)
+
+
 def _deduplicate(records: list[Record], max_distance: int) -> list[Record]:
     """Re-decide duplicates over every valid record, in path order: the first one stays."""
     first_by_hash: dict[str, str] = {}
-    kept_hashes: list[int] = []
+    kept = NearDuplicates(max_distance)
     kept_sources: list[str] = []
     out: list[Record] = []
     for r in records:
@@ -260,16 +301,13 @@ def _deduplicate(records: list[Record], max_distance: int) -> list[Record]:
                 )
             )
             continue
-        ph = np.uint64(int(r.phash, 16))
-        if kept_hashes:
-            dist = np.bitwise_count(np.array(kept_hashes, dtype=np.uint64) ^ ph)
-            j = int(np.argmin(dist))
-            if int(dist[j]) <= max_distance:
-                reason = f"near_duplicate of {kept_sources[j]} (distance {int(dist[j])})"
-                out.append(replace(r, status="near_duplicate", reason="; ".join([reason, *notes])))
-                continue
+        ph = int(r.phash, 16)
+        if (near := kept.nearest(ph)) is not None:
+            reason = f"near_duplicate of {kept_sources[near[0]]} (distance {near[1]})"
+            out.append(replace(r, status="near_duplicate", reason="; ".join([reason, *notes])))
+            continue
         first_by_hash[r.hash] = r.source
-        kept_hashes.append(int(ph))
+        kept.add(ph)
         kept_sources.append(r.source)
         out.append(replace(r, status="ok", reason="; ".join(notes)))
     return out
@@ -299,6 +337,7 @@ def run(
     out_dir: Path,
     tracker: Tracker | None = None,
     mapper: Mapper | None = None,
+    progress: bool | None = None,
 ) -> dict:
     """Ingest ``source`` into ``out_dir`` (``images/``, ``manifest.csv``, ``summary.json``).
 
@@ -341,7 +380,13 @@ def run(
             found.append(None)  # filled in path order from the mapper's results
             todo.append((path, rel))
     examine_one = partial(_examine_item, params=params, images_dir=images_dir)
-    results = iter((mapper or SerialMapper())(examine_one, todo))
+    mapper = mapper or SerialMapper()
+    done: list[list[Record]] = []
+    with tqdm(total=len(todo), unit="file", desc="ingest", disable=not progress_enabled(progress)) as bar:
+        for chunk in windows(todo, 4 * mapper.width):  # a few per worker at a time, for the bar
+            done += mapper(examine_one, chunk)
+            bar.update(len(chunk))
+    results = iter(done)
     records = [r for rows in found for r in (rows if rows is not None else next(results))]
     decoded = len(todo)
     records = _deduplicate(records, params.near_dup_distance)

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
-from remaster.commandline import prepare, run_main, stage_parser
+from remaster.commandline import prepare, progress_enabled, run_main, stage_parser
 from remaster.config import TileParams, as_dict
 from remaster.files import atomic_path, write_json
 from remaster.tracking import Tracker
@@ -78,7 +79,13 @@ def ok_images(ingested: Path) -> list[str]:
     return [digest for digest, _ in kept_images(ingested)]
 
 
-def run(params: TileParams, ingested: Path, out_dir: Path, tracker: Tracker | None = None) -> dict:
+def run(
+    params: TileParams,
+    ingested: Path,
+    out_dir: Path,
+    tracker: Tracker | None = None,
+    progress: bool | None = None,
+) -> dict:
     """Write ``out_dir/tiles.csv`` and ``out_dir/summary.json`` for the images in ``ingested``."""
     started = time.perf_counter()
     if params.stride <= 0 or params.size <= 0:
@@ -93,7 +100,7 @@ def run(params: TileParams, ingested: Path, out_dir: Path, tracker: Tracker | No
     with atomic_path(out_dir / "tiles.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
-        for digest in images:
+        for digest in tqdm(images, unit="image", desc="tile", disable=not progress_enabled(progress)):
             with Image.open(ingested / "images" / f"{digest}.png") as im:
                 rgb = np.asarray(im.convert("RGB"))
             h, w = rgb.shape[:2]

@@ -247,3 +247,28 @@ def test_a_manifest_from_before_the_video_columns_is_not_used_as_a_cache(tmp_pat
     assert again["decoded"] == 1 and again["ok"] == first["ok"] == 1
     header = (out / "manifest.csv").read_text().splitlines()[0]
     assert header == f"{old_columns},video,time,pts,frame_type,packet_size,crop,deinterlaced,sar"
+
+
+def test_the_near_duplicate_index_finds_what_a_full_scan_finds() -> None:
+    """The banded index answers exactly as comparing every kept hash would: the nearest within the
+    distance, the earliest on a tie, none beyond it."""
+    import random
+
+    from stages.ingest import NearDuplicates
+
+    rng = random.Random(3)
+    bases = [rng.getrandbits(64) for _ in range(40)]
+    queries = [
+        b ^ sum(1 << rng.randrange(64) for _ in range(rng.randrange(12))) for b in bases for _ in range(30)
+    ]
+    for max_distance in (0, 3, 6, 10):
+        index, kept = NearDuplicates(max_distance), []
+        for h in queries:
+            dists = [(h ^ k).bit_count() for k in kept]
+            best = min(range(len(kept)), key=lambda i: (dists[i], i), default=None)
+            expected = (best, dists[best]) if best is not None and dists[best] <= max_distance else None
+            assert index.nearest(h) == expected
+            if expected is None:
+                index.add(h)
+                kept.append(h)
+        assert 40 <= len(kept) < len(queries)
