@@ -45,7 +45,7 @@ $PY -m stages.train "${train[@]}" -S train.iterations="$X4_ITERS" -S train.val_e
 
 mkdir -p models/weights
 for s in 2 4; do
-  $PY -m remaster.engine.onnx --format safetensors --scale $s --model "$WORK/runs/x$s/best.pt" \
+  $PY -m remaster.cli.export --format safetensors --scale $s --model "$WORK/runs/x$s/best.pt" \
     -o "models/weights/a2n_anime_x$s.safetensors"
   $PY -m stages.evaluate --hr "$WORK/test_hr" --scale $s --model "models/weights/a2n_anime_x$s.safetensors" \
     --output "$WORK/eval_x$s" --no-track

@@ -18,9 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
     quiet_environment()
     from flows.deploy import deploy  # Prefect: only for real work
+
+    setup_logging(args.verbose)  # after Prefect's own set-up, which would undo it
 
     deploy(args.pool, args.name)
     return 0

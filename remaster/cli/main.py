@@ -18,7 +18,7 @@ from remaster.commandline import run_main
 # every entry point.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("stages.demo", "write the procedural demo scrape and clip"),
-    "ingest": ("stages.ingest", "validate, normalise and deduplicate a folder of images"),
+    "ingest": ("stages.ingest", "validate, normalise and deduplicate a scrape; mine frames from videos"),
     "tile": ("stages.tile", "plan HR tiles and split train/val by image"),
     "pack": ("stages.pack", "pack HR tiles and their LR twins into HDF5"),
     "train": ("stages.train", "train A2N on the packed tiles (resumes after a kill)"),

@@ -22,9 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
     quiet_environment()
     from flows.serve import serve_flows  # Prefect: only for real work
+
+    setup_logging(args.verbose)  # after Prefect's own set-up, which would undo it
 
     serve_flows(args.name, args.limit)
     return 0

@@ -31,7 +31,7 @@ from remaster.engine.tiling import Model, a2n_tiled_forward, shared_lanes, tiled
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "models" / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "models" / "weights"
 CPU_TILE = 288  # 2-core Xeon, lanes, 576x432 x2: 8% faster than 192 px tiles, 18-32% than whole frames
 
 
