@@ -294,12 +294,39 @@ def _sigterm_a_busy_serve(tmp_path: Path, env: dict[str, str], serve: subprocess
     _, ffmpegs, out = _busy_run(tmp_path, env, serve.pid, "terminated")
     sent = time.monotonic()
     serve.send_signal(signal.SIGTERM)
-    serve.wait(timeout=30)
+    rc = serve.wait(timeout=30)
     took = time.monotonic() - sent
     time.sleep(1.0)
     assert took < 10, f"remaster serve took {took:.1f} s to stop"
+    assert rc == 143
+    assert (
+        "remaster serve: stopped by SIGTERM; the deployments are paused"
+        in (tmp_path / "serve.log").read_text()
+    )
     assert not _running(ffmpegs), "an ffmpeg outlived remaster serve"
     assert not out.exists()
+
+
+def test_ctrl_c_stops_remaster_serve_with_130(prefect_server: dict[str, str], tmp_path: Path) -> None:
+    env = {**prefect_server, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as f:
+        cmd = [sys.executable, "-m", "remaster.cli.main", "serve", "--name", "ctrl-c"]
+        serve = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "serving remaster-episode/ctrl-c" not in log.read_text():
+            assert serve.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(2.0)
+        sent = time.monotonic()
+        serve.send_signal(signal.SIGINT)
+        rc = serve.wait(timeout=30)
+        assert rc == 130 and time.monotonic() - sent < 10, log.read_text()[-3000:]
+        assert "remaster serve: stopped by SIGINT" in log.read_text()
+        assert "Traceback" not in log.read_text()
+    finally:
+        _stop(serve)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from remaster.commandline import quiet_environment, run_main, setup_logging
 
@@ -26,9 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     from flows.serve import serve_flows  # Prefect: only for real work
 
     setup_logging(args.verbose)  # after Prefect's own set-up, which would undo it
-
-    serve_flows(args.name, args.limit)
-    return 0
+    stopped_by = serve_flows(args.name, args.limit)
+    if stopped_by is None:
+        return 0
+    print(f"remaster serve: stopped by {stopped_by.name}; the deployments are paused and runs in flight "
+          "were cancelled (a remaster run keeps its finished segments); run remaster serve again to go on, "
+          "and the same flow run again to resume it", file=sys.stderr)  # fmt: skip
+    return 128 + stopped_by.value
 
 
 if __name__ == "__main__":
