@@ -19,6 +19,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,24 @@ def model_info(up: Upscaler, spec: str | None) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class SetScores:
+    """One scored set: the means over its images (``METRIC_KEYS`` and ``gain_psnr_y``), the rows
+    per image, and the files skipped with their reasons."""
+
+    name: str
+    scale: int
+    means: dict[str, float]
+    images: list[dict[str, Any]]
+    skipped: list[dict[str, str]]
+
+    def as_json(self) -> dict[str, Any]:
+        """The set as metrics.json holds it."""
+        counts = {"n_images": len(self.images), "n_skipped": len(self.skipped)}
+        return {"name": self.name, "scale": self.scale, **counts, **self.means, "images": self.images,
+                "skipped": self.skipped}  # fmt: skip
+
+
 def score_set(
     name: str,
     pairs: Iterator[tuple[str, np.ndarray, np.ndarray]],
@@ -74,7 +93,7 @@ def score_set(
     params: EvaluateParams,
     skipped: list[dict[str, str]],
     progress: bool,
-) -> tuple[dict[str, Any], report.Section]:
+) -> tuple[SetScores, report.Section]:
     """Score A2N and bicubic on every pair; the set's metrics and its report section."""
     s = up.scale
     rows: list[dict[str, Any]] = []
@@ -101,9 +120,7 @@ def score_set(
         reasons = "; ".join(f"{k['name']}: {k['reason']}" for k in skipped[:5])
         raise EvaluateError(f"{name}: no readable images to score ({len(skipped)} skipped: {reasons})")
     means = {k: float(np.mean([r[k] for r in rows])) for k in (*METRIC_KEYS, "gain_psnr_y")}
-    result = {"name": name, "scale": s, "n_images": len(rows), "n_skipped": len(skipped), **means}
-    result |= {"images": rows, "skipped": skipped}
-    return result, report.Section(name, means, rows, skipped, figures)
+    return SetScores(name, s, means, rows, skipped), report.Section(name, means, rows, skipped, figures)
 
 
 def set_name(folder: Path, taken: set[str]) -> str:
@@ -145,7 +162,7 @@ def run(
     degradation = parse_spec(params.degrade) if params.degrade else None
     up = load_upscaler(params, model, scale)
     show = progress_enabled(progress)
-    results: list[dict[str, Any]] = []
+    results: list[SetScores] = []
     sections: list[report.Section] = []
     sources: list[tuple[str, Iterator[tuple[str, np.ndarray, np.ndarray]], list[dict[str, str]]]] = []
     if val_h5 is not None:
@@ -160,19 +177,19 @@ def run(
         result, section = score_set(name, pairs, up, params, skipped, show)
         results.append(result)
         sections.append(section)
-        log.info("%s: A2N %.3f dB / %.4f, bicubic %.3f dB / %.4f over %d images", name,
-                 result["psnr_y"], result["ssim_y"], result["bicubic_psnr_y"],
-                 result["bicubic_ssim_y"], result["n_images"])  # fmt: skip
+        m = result.means
+        log.info("%s: A2N %.3f dB / %.4f, bicubic %.3f dB / %.4f over %d images", name, m["psnr_y"],
+                 m["ssim_y"], m["bicubic_psnr_y"], m["bicubic_ssim_y"], len(result.images))  # fmt: skip
     lr_spec = degradation.spec if degradation is not None else "bicubic"
-    metrics = {**results[0], "model": model_info(up, model), "degradation": lr_spec}
+    metrics = {**results[0].as_json(), "model": model_info(up, model), "degradation": lr_spec}
     if len(results) > 1:
-        metrics["sets"] = {r["name"]: r for r in results}
+        metrics["sets"] = {r.name: r.as_json() for r in results}
     write_json(out_dir / "metrics.json", metrics)
     lr_text = f"{lr_spec} (HR downscaled x{scale}, then degraded)" if degradation else "bicubic (clean)"
     facts = {"model": str(metrics["model"]["spec"]), "scale": f"x{scale}", "precision": up.precision}
     facts["LR"] = lr_text
     write_text(out_dir / "report.html", report.render(f"A2N x{scale} against bicubic", facts, sections))
-    compact = {r["name"]: {k: v for k, v in r.items() if k in NUMBERS} for r in results}
+    compact = {r.name: {k: v for k, v in r.as_json().items() if k in NUMBERS} for r in results}
     if metrics_path is not None:
         write_json(metrics_path, {"scale": scale, "degradation": lr_spec, **compact})
     flat = {f"eval_{n}_{k}": float(v) for n, m in compact.items() for k, v in m.items()}
