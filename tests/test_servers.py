@@ -222,7 +222,9 @@ def test_remaster_deployment_on_a_real_prefect_server(prefect_server: dict[str, 
         _stop(serve)
 
 
-def _busy_run(tmp_path: Path, env: dict[str, str], serve_pid: int, name: str) -> tuple[str, list[int], Path]:
+def _busy_run(
+    tmp_path: Path, env: dict[str, str], serve_pid: int, name: str, deployment: str = "remaster-episode/test"
+) -> tuple[str, list[int], Path]:
     """Start a remaster-episode run that takes a while; once it upscales: (run id, its ffmpeg pids,
     its output path)."""
     from models.a2n import A2N, A2NConfig
@@ -237,7 +239,7 @@ def _busy_run(tmp_path: Path, env: dict[str, str], serve_pid: int, name: str) ->
     out = tmp_path / f"{name}_x2.mkv"
     params = {"input_path": str(clip), "output_path": str(out), "params": settings}
     root = Path(__file__).resolve().parents[1]
-    cmd = [str(BIN / "prefect"), "deployment", "run", "remaster-episode/test", "--params", json.dumps(params)]
+    cmd = [str(BIN / "prefect"), "deployment", "run", deployment, "--params", json.dumps(params)]
     started = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=120)
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout)
     assert run_id, started.stdout + started.stderr
@@ -270,9 +272,11 @@ def _running(pids: list[int]) -> list[int]:
     return alive
 
 
-def _cancel_a_busy_run(tmp_path: Path, env: dict[str, str], serve_pid: int) -> None:
+def _cancel_a_busy_run(
+    tmp_path: Path, env: dict[str, str], serve_pid: int, deployment: str = "remaster-episode/test"
+) -> None:
     """A run cancelled through the API while it upscales ends Cancelled, with no ffmpeg left."""
-    run_id, ffmpegs, out = _busy_run(tmp_path, env, serve_pid, "cancelled")
+    run_id, ffmpegs, out = _busy_run(tmp_path, env, serve_pid, f"cancelled-{serve_pid}", deployment)
     root = Path(__file__).resolve().parents[1]
     cancel = subprocess.run([str(BIN / "prefect"), "flow-run", "cancel", run_id], cwd=root, env=env,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -362,3 +366,14 @@ def test_deployment_on_a_work_pool_runs_on_a_worker(prefect_server: dict[str, st
     runs = _post(f"{api}/flow_runs/filter", {"deployments": {"name": {"any_": ["pooled"]}}})
     assert [r["state_type"] for r in runs] == ["COMPLETED"], log.read_text()[-3000:]
     _assert_remastered(params)
+
+    # a worker that keeps polling: a run it took, cancelled through the API, stops with its ffmpegs
+    with open(tmp_path / "worker2.log", "wb") as f:
+        worker2 = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "test-pool"],
+            cwd=tmp_path, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _cancel_a_busy_run(tmp_path, env, worker2.pid, "remaster-episode/pooled")
+    finally:
+        _stop(worker2)
