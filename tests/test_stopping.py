@@ -69,6 +69,7 @@ def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], limit: float =
         (signal.SIGINT, 130, "in the model"),
         (signal.SIGTERM, 143, "splitting"),
         (signal.SIGINT, 130, "joining"),
+        (signal.SIGTERM, 143, "waiting on a Dask worker"),
     ],
 )
 def test_a_signal_stops_the_run_within_10_s_and_it_resumes(
@@ -76,15 +77,16 @@ def test_a_signal_stops_the_run_within_10_s_and_it_resumes(
 ) -> None:
     out = tmp_path / "episode_x2.mkv"
     log = tmp_path / "run.log"
-    proc = start(command(assets, out), log, api_url)
+    dask = ["--runner", "dask", "--workers", "1"] if "Dask" in when else []
+    proc = start([*command(assets, out), *dask], log, api_url)
     try:
         if when == "splitting":
             wait_for(log, "Beginning flow run", proc)
         elif when == "joining":  # the last segment is done: concat, mux and verify follow
             wait_for(log, "upscale-segment-3' - Finished", proc)
-        else:
+        else:  # in the model: here, or in a Dask worker process that this one waits on
             wait_for(log, "to upscale", proc)
-            time.sleep(1.0)
+            time.sleep(2.0 if dask else 1.0)
         children = stopping.descendants(proc.pid)
         sent = time.monotonic()
         proc.send_signal(signum)
