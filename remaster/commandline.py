@@ -41,6 +41,13 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
 PROJECT_LOGGERS = ("remaster", "stages", "flows", "models", "__main__")
 
 
+def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of a command that reads no params file: its name, its one-line description and -v."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; a traceback on errors")
+    return parser
+
+
 def setup_logging(verbose: bool = False) -> None:
     """INFO (DEBUG with -v) from the project's own loggers, on stderr. Where Prefect has already set
     up the root logger (its console handler, at WARNING for other libraries), the project's loggers

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from remaster.commandline import UserError, run_main, setup_logging
+from remaster.commandline import UserError, command_parser, run_main, setup_logging
 from remaster.files import sha256_file
 
 FORMATS = ("onnx", "safetensors")
@@ -16,15 +16,14 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="remaster export", description="Export A2N to ONNX, or to safetensors (weights and config only)."
+    parser = command_parser(
+        "remaster export", "Export A2N to ONNX, or to safetensors (weights and config only)."
     )
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="default: %(default)s")
     parser.add_argument("--scale", type=int, choices=(2, 3, 4), required=True, help="the model's scale")
     parser.add_argument("--model", help="a checkpoint or .safetensors (default: the shipped weights)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="the .onnx or .safetensors file")
     parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (default: %(default)s)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; a traceback on errors")
     return parser
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from remaster.commandline import quiet_environment, run_main, setup_logging
+from remaster.commandline import command_parser, quiet_environment, run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="remaster serve", description=(__doc__ or "").splitlines()[0])
+    parser = command_parser("remaster serve", (__doc__ or "").splitlines()[0])
     parser.add_argument("--name", default="remaster", help="deployment name (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=1, help="flow runs at once (default: %(default)s)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks on errors")
     return parser
 
 

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from remaster.commandline import quiet_environment, run_main, setup_logging
+from remaster.commandline import command_parser, quiet_environment, run_main, setup_logging
 from remaster.config import BACKENDS, PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ ALPHA_MODES = ("model", "bicubic")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="remaster upscale", description="Upscale images with A2N.")
+    p = command_parser("remaster upscale", "Upscale images with A2N.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), required=True, help="the upscale factor")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
@@ -53,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="torch, or onnx (ONNX Runtime)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow start)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay the model from CUDA graphs (GPU)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging; a traceback on errors")
     return p
 
 
