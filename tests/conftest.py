@@ -34,9 +34,9 @@ def _isolated_state(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["PREFECT_HOME"] = str(state / "prefect")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def api_url() -> Iterator[str]:
-    """A temporary Prefect API for one test module (starting one takes seconds)."""
+    """A temporary Prefect API shared by the whole run (starting one takes 10 to 15 s)."""
     import prefect
     from prefect.testing.utilities import prefect_test_harness
 

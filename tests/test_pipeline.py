@@ -137,9 +137,9 @@ def test_dvc_exp_run_is_found_in_mlflow_by_its_name(project: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_prefect_flow_runs_the_same_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect.testing.utilities import prefect_test_harness
-
+def test_prefect_flow_runs_the_same_stages(
+    api_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.pipeline import train_pipeline
     from stages.demo import write_images
 
@@ -153,24 +153,23 @@ def test_prefect_flow_runs_the_same_stages(tmp_path: Path, monkeypatch: pytest.M
         tmp_path / "data/packed/train.h5",
         tmp_path / "runs/last.pt",
     ]
-    with prefect_test_harness(server_startup_timeout=180):
-        summary = train_pipeline(*args)
-        assert summary["ingest"]["ok"] == 3
-        assert summary["tile"]["tiles_train"] + summary["tile"]["tiles_val"] == 27
-        assert summary["pack"]["tiles_train"] == 18
-        assert summary["train"]["step"] == 4
-        assert summary["evaluate"]["n_images"] == 9  # the val tiles
-        assert (tmp_path / "reports/eval/report.html").exists()
-        stamps = [p.stat().st_mtime_ns for p in outputs]
-        # Unchanged inputs: every step comes from the cache and no output is rewritten.
-        again = train_pipeline(*args)
-        assert again == summary
-        assert [p.stat().st_mtime_ns for p in outputs] == stamps
-        # A removed checkpoint reruns training only.
-        (tmp_path / "runs/last.pt").unlink()
-        train_pipeline(*args)
-        assert (tmp_path / "runs/last.pt").exists()
-        assert [p.stat().st_mtime_ns for p in outputs[:2]] == stamps[:2]
+    summary = train_pipeline(*args)
+    assert summary["ingest"]["ok"] == 3
+    assert summary["tile"]["tiles_train"] + summary["tile"]["tiles_val"] == 27
+    assert summary["pack"]["tiles_train"] == 18
+    assert summary["train"]["step"] == 4
+    assert summary["evaluate"]["n_images"] == 9  # the val tiles
+    assert (tmp_path / "reports/eval/report.html").exists()
+    stamps = [p.stat().st_mtime_ns for p in outputs]
+    # Unchanged inputs: every step comes from the cache and no output is rewritten.
+    again = train_pipeline(*args)
+    assert again == summary
+    assert [p.stat().st_mtime_ns for p in outputs] == stamps
+    # A removed checkpoint reruns training only.
+    (tmp_path / "runs/last.pt").unlink()
+    train_pipeline(*args)
+    assert (tmp_path / "runs/last.pt").exists()
+    assert [p.stat().st_mtime_ns for p in outputs[:2]] == stamps[:2]
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
