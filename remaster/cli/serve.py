@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from remaster.commandline import command_parser, quiet_environment, run_main, setup_logging
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     from flows.serve import serve_flows  # Prefect: only for real work
 
     setup_logging(args.verbose)  # after Prefect's own set-up, which would undo it
+    # Ctrl-C raises KeyboardInterrupt even where the shell started this in the background, with
+    # SIGINT ignored (Python then installs no handler of its own); the other commands' stop does too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stopped_by = serve_flows(args.name, args.limit)
     if stopped_by is None:
         return 0
