@@ -3,8 +3,6 @@ errors as one line with exit 2 (a traceback only under -v), checked before Prefe
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import subprocess
 import sys
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from remaster.cli.main import COMMANDS, PARSERS
+from remaster.cli.main import COMMANDS, parser_for
 from remaster.config import Params, as_dict, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,11 +24,6 @@ def remaster(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "remaster.cli.main", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=300, env=env)  # fmt: skip
-
-
-def parser_of(name: str) -> argparse.ArgumentParser:
-    module, _, function = PARSERS.get(name, f"{COMMANDS[name][0]}:build_parser").partition(":")
-    return getattr(importlib.import_module(module), function)()  # type: ignore[no-any-return]
 
 
 def test_version() -> None:
@@ -63,7 +56,7 @@ def test_help_answers_in_under_a_second_without_heavy_imports(name: str) -> None
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_output_path_is_dash_o_dash_dash_output(name: str) -> None:
-    for action in parser_of(name)._actions:
+    for action in parser_for(name)._actions:
         strings = set(action.option_strings)
         if action.dest in ("output", "out") or "--out" in strings or "-o" in strings:
             assert strings == {"-o", "--output"}, f"remaster {name}: {sorted(strings)}"
@@ -71,7 +64,7 @@ def test_every_output_path_is_dash_o_dash_dash_output(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_flag_says_what_it_does(name: str) -> None:
-    bare = [a.option_strings for a in parser_of(name)._actions if a.option_strings and not a.help]
+    bare = [a.option_strings for a in parser_for(name)._actions if a.option_strings and not a.help]
     assert not bare, f"remaster {name}: flags without help: {bare}"
 
 

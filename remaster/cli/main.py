@@ -7,6 +7,7 @@ parser alone, from a module that imports nothing heavy, so it answers at once.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Sequence
@@ -36,6 +37,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 # Where ``--help`` finds a parser when the command's module imports torch; the rest have build_parser().
 PARSERS = {"train": "remaster.arguments:train_parser", "evaluate": "remaster.arguments:evaluate_parser"}
+
+
+def parser_for(name: str) -> argparse.ArgumentParser:
+    """Command ``name``'s parser, built without importing the command's module where that is heavy."""
+    module, _, function = PARSERS.get(name, f"{COMMANDS[name][0]}:build_parser").partition(":")
+    parser: argparse.ArgumentParser = getattr(importlib.import_module(module), function)()
+    parser.prog = f"remaster {name}"
+    return parser
 
 
 def version() -> str:
@@ -68,9 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name = COMMANDS[name][0]
     sys.argv[0] = f"remaster {name}"  # what argparse and the error lines show
     if "-h" in rest or "--help" in rest:
-        parser_module, _, function = PARSERS.get(name, f"{module_name}:build_parser").partition(":")
-        parser = getattr(importlib.import_module(parser_module), function)()
-        parser.prog = f"remaster {name}"
+        parser = parser_for(name)
         parser.parse_args(rest)  # prints the help and exits 0
     module = importlib.import_module(module_name)
     return run_main(module.main, rest)
