@@ -22,6 +22,16 @@ from remaster.video import ffmpeg, probe
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def signal_and_wait(proc: subprocess.Popen[bytes], signum: int) -> tuple[list[int], int, float, float]:
+    """Send ``signum`` to a running command: (its children just before, its exit status, when the
+    signal went, how long it took to exit)."""
+    children = stopping.descendants(proc.pid)
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    rc = proc.wait(timeout=30)
+    return children, rc, sent, time.monotonic() - sent
+
+
 def stopping_cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()[:200]
@@ -94,11 +104,7 @@ def test_a_signal_stops_the_run_within_10_s_and_it_resumes(
         else:  # in the model: here, or in a Dask worker process that this one waits on
             wait_for(log, "to upscale", proc)
             time.sleep(2.0 if dask else 1.0)
-        children = stopping.descendants(proc.pid)
-        sent = time.monotonic()
-        proc.send_signal(signum)
-        rc = proc.wait(timeout=30)
-        took = time.monotonic() - sent
+        children, rc, sent, took = signal_and_wait(proc, signum)
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
@@ -329,11 +335,7 @@ def test_sigterm_stops_watch_mid_run_and_keeps_its_record(
     try:
         wait_for(log, "to upscale", proc)
         time.sleep(1.0)
-        children = stopping.descendants(proc.pid)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=30)
-        took = time.monotonic() - sent
+        children, rc, _, took = signal_and_wait(proc, signal.SIGTERM)
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
