@@ -79,15 +79,17 @@ def _cut_image(
             raise ValueError(f"tile {digest}@{x},{y} is outside its {rgb.shape[1]}x{rgb.shape[0]} image")
         out.append(CutTile(np.ascontiguousarray(hr), {s: downscale(hr, s) for s in scales}))
     if realistic is not None:
-        for s in scales:
-            drawn = [tile_degradation(realistic, digest, s, x, y) for x, y in places]
-            try:
-                lrs = degrade_batch([t.hr for t in out], s, [d for d, _ in drawn], [n for _, n in drawn])
-            except DegradationError as e:
-                last = first + len(places) - 1
-                raise DegradationError(f"tiles {first}..{last} (image {digest[:12]}) at x{s}: {e}") from e
-            for tile, lr, (deg, _) in zip(out, lrs, drawn, strict=True):
-                tile.real[s] = (lr, deg.spec)
+        # every scale's tiles in one call, so that their codec batches run at once
+        jobs = [(t, s, *tile_degradation(realistic, digest, s, x, y)) for s in scales
+                for t, (x, y) in zip(out, places, strict=True)]  # fmt: skip
+        try:
+            lrs = degrade_batch([t.hr for t, *_ in jobs], [s for _, s, *_ in jobs],
+                                [d for *_, d, _ in jobs], [n for *_, n in jobs])  # fmt: skip
+        except DegradationError as e:
+            last = first + len(places) - 1
+            raise DegradationError(f"tiles {first}..{last} (image {digest[:12]}) {e}") from e
+        for (tile, s, deg, _), lr in zip(jobs, lrs, strict=True):
+            tile.real[s] = (lr, deg.spec)
     return out
 
 

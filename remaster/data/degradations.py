@@ -22,12 +22,15 @@ coded intra-only (``-g 1``) so that no frame borrows from another.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
+import subprocess
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import ffmpeg as ffmpeg_python  # the ffmpeg-python package, which builds the ffmpeg command lines
 import numpy as np
@@ -139,15 +142,19 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur of an (H, W, C) uint8 image, edges mirrored; uint8 out."""
     if sigma <= 0:
         return img
-    k = _gaussian_kernel(sigma)
+    k = _gaussian_kernel(sigma).astype(np.float32)
     r = len(k) // 2
-    data = img.astype(np.float64)
+    data = img.astype(np.float32)
     for axis in (0, 1):
         pad = [(0, 0)] * data.ndim
         pad[axis] = (r, r)
         padded = np.pad(data, pad, mode="symmetric")
         n = data.shape[axis]
-        data = sum(k[i] * np.take(padded, range(i, i + n), axis=axis) for i in range(len(k)))
+        # each tap a view of the padded image (no copy), summed in place
+        acc = np.zeros_like(data)
+        for i, w in enumerate(k):
+            acc += w * (padded[i : i + n] if axis == 0 else padded[:, i : i + n])
+        data = acc
     return np.clip(np.round(data), 0, 255).astype(np.uint8)
 
 
@@ -165,7 +172,7 @@ def resize_down(hr: np.ndarray, scale: int, kernel: str) -> np.ndarray:
 def add_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     if sigma <= 0:
         return img
-    noisy = img.astype(np.float64) + rng.normal(0.0, sigma, img.shape)
+    noisy = img.astype(np.float32) + np.float32(sigma) * rng.standard_normal(img.shape, np.float32)
     return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
 
 
@@ -206,18 +213,64 @@ def _codec_args(codec: str, quality: int) -> dict[str, object]:
     return {"vcodec": "rawvideo", "pix_fmt": "yuv420p", "format": "rawvideo"}
 
 
-def _run_ffmpeg(graph: Any, data: bytes, what: str) -> bytes:
-    """Run an ffmpeg-python graph with ``data`` on its stdin; its stdout. ``stopping.run``, not
-    ffmpeg-python's own run: the registry must own the child, so that a stop can end it."""
-    args = graph.global_args("-nostdin", "-v", "error").compile()
+def _last_line(err: bytes) -> str:
+    lines = err.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _drain(stream: IO[bytes], into: list[bytes]) -> threading.Thread:
+    def read() -> None:
+        into.append(stream.read())
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t
+
+
+def _encode_decode(encoder: Any, decoder: Any, data: bytes, what: str) -> bytes:
+    """``data`` through the encoder and straight on into the decoder: two ffmpeg children joined
+    by a pipe, running at once (their start-up, most of a small batch's cost, overlaps)."""
+    enc_args = encoder.global_args("-nostdin", "-v", "error").compile()
+    dec_args = decoder.global_args("-nostdin", "-v", "error").compile()
+    pipe = subprocess.PIPE
     try:
-        done = stopping.run(args, input=data)
+        enc = stopping.spawn(enc_args, stdin=pipe, stdout=pipe, stderr=pipe)
     except OSError as e:
         raise DegradationError(f"{what}: ffmpeg could not start: {e}") from e
-    if done.returncode != 0:
-        err = done.stderr.decode(errors="replace").strip().splitlines()
-        raise DegradationError(f"{what}: ffmpeg exited {done.returncode}: {err[-1] if err else ''}")
-    return done.stdout
+    procs = [enc]
+    try:
+        try:
+            dec = stopping.spawn(dec_args, stdin=enc.stdout, stdout=pipe, stderr=pipe)
+        except OSError as e:
+            raise DegradationError(f"{what}: ffmpeg could not start: {e}") from e
+        procs.append(dec)
+        assert enc.stdin is not None and enc.stdout is not None and enc.stderr is not None
+        enc.stdout.close()  # the decoder holds the pipe now; the encoder gets EPIPE if it dies
+
+        def feed() -> None:
+            with contextlib.suppress(BrokenPipeError):  # the encoder died: its status says why
+                enc.stdin.write(data)  # type: ignore[union-attr]
+            with contextlib.suppress(BrokenPipeError):
+                enc.stdin.close()  # type: ignore[union-attr]
+
+        enc_err: list[bytes] = []
+        threads = [threading.Thread(target=feed, daemon=True), _drain(enc.stderr, enc_err)]
+        threads[0].start()
+        out, dec_err = dec.communicate()
+        for t in threads:
+            t.join()
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
+    finally:
+        codes = [stopping.reap(p) for p in procs]
+    # the encoder first: a decoder that failed after it did only reports the missing stream
+    if codes[0] != 0:
+        raise DegradationError(f"{what} (encode): ffmpeg exited {codes[0]}: {_last_line(b''.join(enc_err))}")
+    if codes[1] != 0:
+        raise DegradationError(f"{what} (decode): ffmpeg exited {codes[1]}: {_last_line(dec_err)}")
+    return bytes(out)
 
 
 def codec_round_trip(frames: Sequence[np.ndarray], codec: str, quality: int) -> list[np.ndarray]:
@@ -237,13 +290,12 @@ def codec_round_trip(frames: Sequence[np.ndarray], codec: str, quality: int) -> 
     opts = _codec_args(codec, quality)
     fmt = str(opts["format"])
     raw_in = ffmpeg_python.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=size, r=25)
-    coded = _run_ffmpeg(raw_in.output("pipe:", **opts), raw, what + " (encode)")
     if fmt == "rawvideo":
         dec = ffmpeg_python.input("pipe:", format="rawvideo", pix_fmt="yuv420p", s=size, r=25)
     else:  # the raw elementary streams' demuxers: h264, and mpegvideo for mpeg2video
         dec = ffmpeg_python.input("pipe:", format="mpegvideo" if fmt == "mpeg2video" else fmt)
     dec = dec.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
-    out = _run_ffmpeg(dec, coded, what + " (decode)")
+    out = _encode_decode(raw_in.output("pipe:", **opts), dec, raw, what)
     n = len(out) // (ph * pw * 3)
     if n != len(frames) or len(out) % (ph * pw * 3):
         raise DegradationError(f"{what}: ffmpeg returned {n} frames for {len(frames)}")
@@ -252,25 +304,52 @@ def codec_round_trip(frames: Sequence[np.ndarray], codec: str, quality: int) -> 
 
 
 def degrade_batch(
-    hrs: Sequence[np.ndarray], scale: int, degs: Sequence[Degradation], noise_seeds: Sequence[int]
+    hrs: Sequence[np.ndarray],
+    scales: int | Sequence[int],
+    degs: Sequence[Degradation],
+    noise_seeds: Sequence[int],
 ) -> list[np.ndarray]:
-    """The LR of each HR under its own chain; frames sharing a codec setting and size go through
-    ffmpeg together."""
-    if not len(hrs) == len(degs) == len(noise_seeds):
-        raise ValueError(f"{len(hrs)} images, {len(degs)} degradations and {len(noise_seeds)} seeds")
-    lrs = []
-    for hr, d, seed in zip(hrs, degs, noise_seeds, strict=True):
-        lr = resize_down(gaussian_blur(hr, d.blur), scale, d.kernel)
-        lrs.append(add_noise(lr, d.noise, np.random.default_rng(seed)))
-    groups: dict[tuple[str, int, tuple[int, ...]], list[int]] = {}
-    for i, (lr, d) in enumerate(zip(lrs, degs, strict=True)):
-        if d.codec == "jpeg":
-            lrs[i] = jpeg_round_trip(lr, d.quality)
-        elif d.codec != "none":
-            groups.setdefault((d.codec, d.quality, lr.shape), []).append(i)
-    for (codec, quality, _), idx in groups.items():
-        for i, out in zip(idx, codec_round_trip([lrs[i] for i in idx], codec, quality), strict=True):
-            lrs[i] = out
+    """The LR of each HR under its own chain (``scales``: one for all, or one per HR).
+
+    Frames sharing a codec setting and size go through ffmpeg together, and the batches run at
+    once: each starts as soon as its frames are resized, while the next are made here.
+    """
+    n = len(hrs)
+    per_item = [scales] * n if isinstance(scales, int) else list(scales)
+    if not n == len(per_item) == len(degs) == len(noise_seeds):
+        raise ValueError(
+            f"{n} images, {len(per_item)} scales, {len(degs)} degradations and {len(noise_seeds)} seeds"
+        )
+    groups: dict[tuple[str, int, int, int, int], list[int]] = {}
+    for i, (hr, s, d) in enumerate(zip(hrs, per_item, degs, strict=True)):
+        if d.codec not in ("none", "jpeg"):
+            groups.setdefault((d.codec, d.quality, s, hr.shape[0], hr.shape[1]), []).append(i)
+    lrs: list[np.ndarray] = [np.empty(0, np.uint8)] * n
+
+    def made(i: int) -> np.ndarray:
+        d = degs[i]
+        lr = resize_down(gaussian_blur(hrs[i], d.blur), per_item[i], d.kernel)
+        lr = add_noise(lr, d.noise, np.random.default_rng(noise_seeds[i]))
+        return jpeg_round_trip(lr, d.quality) if d.codec == "jpeg" else lr
+
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, len(groups)), thread_name_prefix="codec") as pool:
+        running: list[tuple[int, list[int], Future[list[np.ndarray]]]] = []
+        for (codec, quality, s, *_), idx in groups.items():
+            frames = [made(i) for i in idx]
+            running.append((s, idx, pool.submit(codec_round_trip, frames, codec, quality)))
+        in_groups = {i for idx in groups.values() for i in idx}
+        for i in range(n):
+            if i not in in_groups:
+                lrs[i] = made(i)
+        for s, idx, done in running:
+            try:
+                coded = done.result()
+            except DegradationError as e:
+                raise DegradationError(f"at x{s}: {e}") from e
+            for i, out in zip(idx, coded, strict=True):
+                lrs[i] = out
     return lrs
 
 
