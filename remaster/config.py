@@ -45,6 +45,7 @@ class DemoParams:
     height: int = 1024
     seed: int = 0
     clip_seconds: float = 2.0
+    episode: bool = False  # also put a 2.5 s episode (episode.mkv) in the scrape, for ingest to mine
 
 
 SquarePixels = Literal["shrink", "stretch", "keep"]  # a non-square SAR: shrink an axis, stretch one, or keep

@@ -6,7 +6,8 @@ built-in bitmap font is used, so a seed yields the same pixels on every machine.
 
 ``--episode PATH`` also writes a short episode to mine training frames from (``ingest`` mines the
 videos of its source folder): a held shot, a scene cut, drawings on threes and a fade to black
-(``remaster.data.drawing.episode_frames``).
+(``remaster.data.drawing.episode_frames``). ``demo.episode: true`` writes it into the scrape
+folder as ``episode.mkv``, so that ``dvc repro`` mines it beside the images.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from remaster.data.drawing import (
 from remaster.files import atomic_path
 
 log = logging.getLogger(__name__)
+
+EPISODE_NAME = "episode.mkv"
 
 _FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "bmp": "BMP"}
 
@@ -256,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     write_images(args.output, d.n_images, d.seed, d.width, d.height)
     if not args.no_clip:
         write_clip(args.clip, seconds=d.clip_seconds, seed=d.seed)
-    if args.episode:
-        write_episode(args.episode, d.width - d.width % 2, d.height - d.height % 2, seed=d.seed)
+    episodes = [args.episode] if args.episode else []
+    if d.episode:  # in the scrape itself, so that the pipeline's ingest mines it beside the images
+        episodes.append(Path(args.output) / EPISODE_NAME)
+    for path in episodes:
+        write_episode(path, d.width - d.width % 2, d.height - d.height % 2, seed=d.seed)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 import h5py
 import pytest
 import torch
+import yaml
 from conftest import write_tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,15 +71,22 @@ def test_dvc_repro_runs_the_demo_end_to_end_then_has_nothing_to_do(project: Path
             [str(BIN / "dvc"), *args], cwd=project, env=_env(), capture_output=True, text=True
         )
 
+    # a source folder with images and a clip: the demo puts its episode in the scrape
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["demo"]["episode"] = True
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run = dvc("repro", "pack")
     assert run.returncode == 0, run.stdout + run.stderr
     for stage in ("demo", "ingest", "tile", "pack"):
         assert f"Running stage '{stage}'" in run.stdout
     assert "Running stage 'train'" not in run.stdout
+    with open(project / "data/ingested/manifest.csv", newline="") as f:
+        mined = [r for r in csv.DictReader(f) if r["video"]]
+    assert [(r["video"], r["frame_type"]) for r in mined] == [("episode.mkv", "I")]
     with h5py.File(project / "data/packed/train.h5") as f:
-        # 3 images of 560x520 -> 3 x 3 tiles of 240 each; one image of the three goes to val
-        assert f["hr"].shape == (18, 240, 240, 3)
-        assert f["lr_x4"].shape == (18, 60, 60, 3)
+        # 4 images of 560x520 (3 pages and 1 mined frame) -> 3 x 3 tiles of 240 each; one goes to val
+        assert f["hr"].shape == (27, 240, 240, 3)
+        assert f["lr_x4"].shape == (27, 60, 60, 3)
     run = dvc("repro")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Running stage 'train'" in run.stdout and "Running stage 'pack'" not in run.stdout

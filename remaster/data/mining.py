@@ -193,7 +193,8 @@ class Mined:
         s = self.stats
         skipped = f"skipped {s.black} black, {s.fading} fading, {s.flat} flat"
         return (
-            f"mined {len(self.frames)} frames from {s.decoded} over {self.seconds:.1f} s "
+            f"mined {len(self.frames)} frame{'' if len(self.frames) == 1 else 's'} from {s.decoded} "
+            f"over {self.seconds:.1f} s "
             f"({s.shots} shots, {s.holds} holds; {skipped})"
         )
 
