@@ -9,6 +9,7 @@ summaries) or from the weight files, so the card cannot drift from what was meas
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import sys
@@ -36,9 +37,47 @@ def _cpu() -> str:
     return platform.processor() or "unknown CPU"
 
 
+# The earlier rounds of the shipped weights, each continued by the next; their work folders are
+# gone, so their rows come from the cards of their time. Round 1: MODEL_CARD.md at commit 699b09a
+# (from random weights, on anime_hr and manga109 less three test images).
+EARLIER_ROUNDS = [
+    {
+        2: "| 2400 | 16 | 96 | 0.0005, cosine | none (random) | 2.27 h | 51.38 dB at step 1800 (47.93) |",
+        4: "| 600 | 16 | 128 | 0.0005, cosine | the x2 round 1 | 0.38 h | 44.74 dB at step 600 (39.67) |",
+    },
+]
+
+
+def _sources(work: Path) -> tuple[dict[str, int], list[str]]:
+    """Kept images per shared folder, and one line per video on what mining it gave."""
+    with open(work / "data/ingested/manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept: dict[str, int] = {}
+    videos: list[str] = []
+    for r in rows:
+        if r.get("video"):
+            continue  # a mined frame: counted in its video's line below
+        folder = (work / "scrape" / r["source"]).resolve().parent.name
+        if r["status"] == "ok":
+            kept[folder] = kept.get(folder, 0) + 1
+        elif r["status"] in ("video", "rejected") and r.get("sar") is not None and folder == "video":
+            frames = [m for m in rows if m.get("video") == r["source"]]
+            fate = ", ".join(
+                f"{m['status'].replace('_', ' ')}"
+                + (f" ({m['reason'].split(' of ')[-1].split(' (')[0]} kept instead)" if m["reason"] else "")
+                for m in frames
+            )
+            name = Path(r["source"]).name
+            videos.append(f"`{name}`: {r['reason']}" + (f"; the frames: {fate}" if fate else ""))
+    return kept, videos
+
+
 def _train_rows(work: Path, scale: int) -> dict[str, Any]:
     extra = read_checkpoint(work / f"runs/x{scale}/last.pt")["extra"]
     hp = extra["hparams"]
+    best = extra["best"]  # {"step", "psnr_y", "ssim_y"}; older checkpoints kept (step, psnr_y, ssim_y)
+    if not isinstance(best, dict):
+        best = {"step": best[0], "psnr_y": best[1]}
     return {
         "step": extra["step"],
         "hours": extra["seconds"] / 3600,
@@ -49,25 +88,32 @@ def _train_rows(work: Path, scale: int) -> dict[str, Any]:
         "init": hp.get("init") or "none (random)",
         "clean_fraction": hp.get("clean_fraction"),
         "val": (
-            extra["best"][1],
+            best["psnr_y"],
             extra["bicubic"][0] if extra.get("bicubic") else None,
-            int(extra["best"][0]),
+            int(best["step"]),
         ),
     }
 
 
-def _table(ours: dict[str, Any], ref: dict[str, Any] | None) -> list[str]:
-    head = "| image | bicubic | A2N anime (ours) | gain |" + (
-        " authors' DIV2K A2N | ours - authors |" if ref else ""
-    )
-    lines = [head, "| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if ref else "")]
-    theirs = {r["name"]: r for r in ref["images"]} if ref else {}
+def _table(ours: dict[str, Any], ref: dict[str, Any] | None, before: dict[str, Any] | None) -> list[str]:
+    """Per-image rows and the mean: bicubic, ours, and the round-1 weights and the authors' where
+    they were scored."""
+    head, rule = "| image | bicubic | A2N anime (ours) | gain |", "| --- | ---: | ---: | ---: |"
+    if before:
+        prev = f"round {len(EARLIER_ROUNDS)}"
+        head, rule = head + f" {prev} | ours - {prev} |", rule + " ---: | ---: |"
+    if ref:
+        head, rule = head + " authors' DIV2K A2N | ours - authors |", rule + " ---: | ---: |"
+    lines = [head, rule]
     rows = [*ours["images"], {"name": "**mean**", **{k: ours[k] for k in ("psnr_y", "bicubic_psnr_y")}}]
     for r in rows:
         gain = r["psnr_y"] - r["bicubic_psnr_y"]
         line = f"| {r['name']} | {r['bicubic_psnr_y']:.2f} | {r['psnr_y']:.2f} | {gain:+.2f} |"
-        if ref:
-            t = theirs.get(r["name"]) or (ref if r["name"] == "**mean**" else None)
+        for other in (before, ref):
+            if not other:
+                continue
+            by_name = {o["name"]: o for o in other["images"]}
+            t = by_name.get(r["name"]) or (other if r["name"] == "**mean**" else None)
             line += f" {t['psnr_y']:.2f} | {r['psnr_y'] - t['psnr_y']:+.2f} |" if t else " | |"
         lines.append(line)
     return lines
@@ -85,23 +131,27 @@ def files_table(pattern: str) -> list[str]:
 def card(work: Path, machine: str) -> str:
     ingest, tiles = _json(work / "data/ingested/summary.json"), _json(work / "data/tiles/summary.json")
     held_out = sorted(p.name for p in (work / "test_hr").iterdir())
+    kept, videos = _sources(work)
     out = [
         "# A2N anime weights (x2, x4)",
         "",
         "The project's default models: `remaster video`, `upscale` and `evaluate` load them when no",
         "`--model` is given. A2N as in `models/a2n.py` (40 features, 16 attention-in-attention",
-        "blocks), fp32 safetensors with the config in the metadata. Trained from scratch by",
-        "`scripts/train_shipped.sh` with the project's own stages; this card was written by",
-        "`scripts/model_card.py` from that run's files.",
+        "blocks), fp32 safetensors with the config in the metadata. Trained by",
+        "`scripts/train_shipped.sh` with the project's own stages, in two rounds: from random",
+        "weights on the first data, then continued on more (`INIT=shipped`). This card was written",
+        "by `scripts/model_card.py` from the last round's files.",
         *files_table("a2n_anime_x{s}.safetensors"),
         "## Data",
         "",
         f"- **Training:** {ingest['ok']} images through `ingest`, `tile` (480 px, stride 200) and",
         f"  `pack` (MATLAB-style anti-aliased bicubic LR): {tiles['tiles_train']} training tiles and",
-        f"  {tiles['tiles_val']} validation tiles ({tiles['val_images']} image). The images are the",
-        "  shared anime screenshots and frames (`anime_hr`, less the test set) and 40 Manga109 pages",
-        "  (`manga109`). Their sources and licences are in each folder's `MANIFEST.tsv` (MIT, AGPL-3.0",
-        "  for the JJK frames, and Manga109 pages with no licence file): check them before you",
+        f"  {tiles['tiles_val']} validation tiles ({tiles['val_images']} images). Kept per shared folder:",
+        "  " + ", ".join(f"`{k}` {v}" for k, v in sorted(kept.items())) + ".",
+        "- **Frames mined from the shared clips** (`../shared/data/video`, `ingest.video` defaults):",
+        *[f"  - {line}" for line in videos],
+        "- Sources and licences are in each folder's `MANIFEST.tsv` (MIT, BSD-3-Clause, AGPL-3.0 for",
+        "  the JJK frames, and Manga109 pages with no licence file): check them before you",
         "  redistribute these weights.",
         f"- **Test (never seen in training):** {', '.join(f'`{n}`' for n in held_out)}.",
         "",
@@ -113,6 +163,9 @@ def card(work: Path, machine: str) -> str:
         "crops are what gets enough iterations into a few hours. A GPU run of the same script with",
         "`BATCH=32 X4_CROP=256` and more iterations should do better, x4 above all.",
         "",
+        "Round 1 had its own val split (one image of 48), so its val column does not compare with",
+        "the later rounds'; the test images below do.",
+        "",
         "| scale | iterations | batch | HR crop | lr, schedule | initialised from | wall time "
         "| val Y-PSNR (bicubic) |",
         "| --- | ---: | ---: | ---: | --- | --- | ---: | --- |",
@@ -120,10 +173,18 @@ def card(work: Path, machine: str) -> str:
     for s in (2, 4):
         t = _train_rows(work, s)
         val, bic, at = t["val"]
-        init = "the x2 run" if s == 4 and t["init"] != "none (random)" else t["init"]
+        init, label = t["init"], f"x{s}"
+        if "init/x" in init:  # a continuation of the shipped weights: the earlier rounds first
+            for n, rows in enumerate(EARLIER_ROUNDS, 1):
+                out.append(f"| x{s}, round {n} {rows[s]}")
+            n = len(EARLIER_ROUNDS)
+            init, label = f"round {n} (the shipped x{s})", f"x{s}, round {n + 1}"
+        elif s == 4 and init != "none (random)":
+            init = "the x2 run"
         out.append(
-            f"| x{s} | {t['step']} | {t['batch']} | {t['crop']} | {t['lr']}, {t['schedule']} | {init} "
-            f"| {t['hours']:.2f} h | {val:.2f} dB at step {at} ({bic:.2f}) |"
+            f"| {label} | {t['step']} | {t['batch']} | {t['crop']} "
+            f"| {t['lr']}, {t['schedule']} | {init} | {t['hours']:.2f} h "
+            f"| {val:.2f} dB at step {at} ({bic:.2f}) |"
         )
     out += [
         "",
@@ -137,7 +198,9 @@ def card(work: Path, machine: str) -> str:
     for s in (2, 4):
         ours = _json(work / f"eval_x{s}/metrics.json")
         ref = _json(authors) if s == 2 and authors.exists() else None
-        out += [f"### x{s}", "", *_table(ours, ref), ""]
+        earlier = work / f"eval_x{s}_init/metrics.json"  # the weights this round started from
+        before = _json(earlier) if earlier.exists() else None
+        out += [f"### x{s}", "", *_table(ours, ref, before), ""]
         line = f"SSIM (Y): {ours['ssim_y']:.4f} against {ours['bicubic_ssim_y']:.4f} for bicubic"
         if ref:
             line += f" and {ref['ssim_y']:.4f} for the authors' DIV2K weights"

@@ -70,6 +70,12 @@ for s in 2 4; do
   $PY -m stages.evaluate --hr "$WORK/test_hr" --scale $s --model "models/weights/a2n_anime_x$s.safetensors" \
     --output "$WORK/eval_x$s" --no-track
 done
+if [[ $INIT == shipped ]]; then  # the weights this round started from, on the same test images
+  for s in 2 4; do
+    $PY -m stages.evaluate --hr "$WORK/test_hr" --scale $s --model "$WORK/init/x$s.safetensors" \
+      --output "$WORK/eval_x${s}_init" --no-track
+  done
+fi
 if [[ -f "$SHARED/refs/a2n/aan_x2.pt" ]]; then
   $PY -m stages.evaluate --hr "$WORK/test_hr" --scale 2 --model "$SHARED/refs/a2n/aan_x2.pt" \
     --output "$WORK/eval_x2_authors" --no-track
