@@ -235,3 +235,19 @@ def test_evaluate_refuses_a_bad_degrade_with_exit_2(
         cli(["evaluate", "--hr", str(tmp_path), "--scale", "2", "--degrade", "x264:crf=99", "--no-track"])
     assert exit_info.value.code == 2
     assert "--degrade: x264 crf=99 is outside 0..51" in capsys.readouterr().err
+
+
+def test_a_failing_decoder_is_named_not_the_encoder_it_cut_off(tmp_path: Path) -> None:
+    """Encoder and decoder run at once, joined by a pipe: when the decoder dies, the encoder only
+    sees its pipe break, so the error must quote the decoder."""
+    import ffmpeg
+
+    from remaster import stopping
+    from remaster.data import degradations
+
+    enc = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s="64x64", r=25)
+    enc = enc.output("pipe:", vcodec="libx264", format="h264")
+    dec = ffmpeg.input("pipe:", format="h264").output(str(tmp_path / "no" / "such.raw"), format="rawvideo")
+    with pytest.raises(DegradationError, match=r"^x264 test \(decode\): ffmpeg exited 1: .*such\.raw"):
+        degradations._encode_decode(enc, dec, bytes(64 * 64 * 3 * 200), "x264 test")
+    assert stopping.live_children() == []

@@ -26,6 +26,7 @@ import contextlib
 import functools
 import io
 import math
+import signal
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -265,9 +266,12 @@ def _encode_decode(encoder: Any, decoder: Any, data: bytes, what: str) -> bytes:
         raise
     finally:
         codes = [stopping.reap(p) for p in procs]
-    # the encoder first: a decoder that failed after it did only reports the missing stream
-    if codes[0] != 0:
-        raise DegradationError(f"{what} (encode): ffmpeg exited {codes[0]}: {_last_line(b''.join(enc_err))}")
+    # the encoder first: a decoder that failed after it did only reports the missing stream;
+    # but an encoder whose pipe broke only lost its reader, the decoder, which says why
+    enc_says = _last_line(b"".join(enc_err))
+    lost_reader = codes[1] != 0 and (codes[0] == -signal.SIGPIPE or "Broken pipe" in enc_says)
+    if codes[0] != 0 and not lost_reader:
+        raise DegradationError(f"{what} (encode): ffmpeg exited {codes[0]}: {enc_says}")
     if codes[1] != 0:
         raise DegradationError(f"{what} (decode): ffmpeg exited {codes[1]}: {_last_line(dec_err)}")
     return bytes(out)
