@@ -39,11 +39,18 @@ def _cpu() -> str:
 
 # The earlier rounds of the shipped weights, each continued by the next; their work folders are
 # gone, so their rows come from the cards of their time. Round 1: MODEL_CARD.md at commit 699b09a
-# (from random weights, on anime_hr and manga109 less three test images).
+# (from random weights, on anime_hr and manga109 less three test images); round 2: at e17855e
+# (the data and val split of the rounds after it).
 EARLIER_ROUNDS = [
     {
         2: "| 2400 | 16 | 96 | 0.0005, cosine | none (random) | 2.27 h | 51.38 dB at step 1800 (47.93) |",
         4: "| 600 | 16 | 128 | 0.0005, cosine | the x2 round 1 | 0.38 h | 44.74 dB at step 600 (39.67) |",
+    },
+    {
+        2: "| 1200 | 16 | 96 | 0.0002, cosine | round 1 (the shipped x2) | 0.63 h "
+        "| 45.30 dB at step 1200 (40.10) |",
+        4: "| 400 | 16 | 128 | 0.0002, cosine | round 1 (the shipped x4) | 0.10 h "
+        "| 37.41 dB at step 400 (32.78) |",
     },
 ]
 
@@ -138,9 +145,13 @@ def card(work: Path, machine: str) -> str:
         "The project's default models: `remaster video`, `upscale` and `evaluate` load them when no",
         "`--model` is given. A2N as in `models/a2n.py` (40 features, 16 attention-in-attention",
         "blocks), fp32 safetensors with the config in the metadata. Trained by",
-        "`scripts/train_shipped.sh` with the project's own stages, in two rounds: from random",
-        "weights on the first data, then continued on more (`INIT=shipped`). This card was written",
-        "by `scripts/model_card.py` from the last round's files.",
+        "`scripts/train_shipped.sh` with the project's own stages, in rounds: from random weights",
+        "on the first data, then continued on more (`INIT=shipped`), each round from the last",
+        "committed weights. This card was written by `scripts/model_card.py` from the last round's",
+        "files.",
+        "",
+        "Round 2 and later rounds: `INIT=shipped LR=0.0002 scripts/train_shipped.sh WORK X2 X4`, with",
+        "the iterations of the table below.",
         *files_table("a2n_anime_x{s}.safetensors"),
         "## Data",
         "",
