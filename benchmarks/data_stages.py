@@ -9,6 +9,7 @@ same tiles with ``pack.degradation: realistic`` (the clean LR plus LR through ke
 noise and real x264 / MPEG-2 / JPEG codecs), so its ratio to ``pack`` is what degradation costs.
 ``pack dense resize`` packs them once more with the resize as it was before the band (the whole
 matrix times the image, kept below and swapped in), and checks that both packs hold the same bytes.
+Then a video row: ingest mining the shared 1080p clip looped to ``--video-minutes`` (1).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=1920)
     ap.add_argument("--height", type=int, default=1080)
     ap.add_argument("--workdir", type=Path, help="keep the files here instead of a temp folder")
+    ap.add_argument("--video-minutes", type=float, default=1.0, help="video row's source length (0: none)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workdir or Path(tmp)
@@ -129,7 +131,26 @@ def main() -> int:
     )
     print(f"packed bytes identical with either resize: {'yes' if identical else 'NO'}")
     print(f"\npeak RSS: {peak_rss_mib():.0f} MiB (after generating the images: {rss_after_gen:.0f} MiB)")
+    if args.video_minutes > 0:
+        video_row(args.video_minutes)
     return 0
+
+
+def video_row(minutes: float) -> None:
+    """Ingest on a video: the shared 1080p clip looped to ``minutes`` (``benchmarks/mining.py``
+    has the long runs and their memory)."""
+    from benchmarks.mining import CLIP, DEFAULT_SET, looped, one
+
+    if not CLIP.exists():
+        print(f"\nvideo row skipped: {CLIP} is not there")
+        return
+    with tempfile.TemporaryDirectory(prefix="mining-src-") as tmp:
+        r = one(looped(CLIP, minutes, Path(tmp) / "loop.mp4"), DEFAULT_SET)
+    print(f"\ningest on a video ({CLIP.name} looped; {', '.join(DEFAULT_SET)}):\n")
+    print("| source min | frames kept | frames/s decoded | s per source min |")
+    print("| ---: | ---: | ---: | ---: |")
+    cells = [f"{r['minutes']:.1f}", str(r["kept"]), f"{r['decoded'] / r['seconds']:.0f}"]
+    print("| " + " | ".join([*cells, f"{r['seconds'] / r['minutes']:.1f}"]) + " |")
 
 
 def _cpu() -> str:

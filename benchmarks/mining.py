@@ -63,7 +63,7 @@ def one(source: Path, overrides: list[str]) -> dict[str, float]:
         seconds = time.perf_counter() - started
         with open(Path(tmp) / "out" / "manifest.csv", encoding="utf-8") as f:
             video_row = f.read().splitlines()[1]
-    m = re.search(r"mined (\d+) frames from (\d+) over ([\d.]+) s", video_row)
+    m = re.search(r"mined (\d+) frames? from (\d+) over ([\d.]+) s", video_row)
     if not m:
         raise SystemExit(f"the video was not mined: {video_row}")
     return {
