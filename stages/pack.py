@@ -80,15 +80,15 @@ def _cut_image(
         out.append(CutTile(np.ascontiguousarray(hr), {s: downscale(hr, s) for s in scales}))
     if realistic is not None:
         # every scale's tiles in one call, so that their codec batches run at once
-        jobs = [(t, s, *tile_degradation(realistic, digest, s, x, y)) for s in scales
-                for t, (x, y) in zip(out, places, strict=True)]  # fmt: skip
+        at = [(s, tile, xy) for s in scales for tile, xy in zip(out, places, strict=True)]
+        drawn = [tile_degradation(realistic, digest, s, *xy) for s, _, xy in at]
+        hrs, per_tile = [tile.hr for _, tile, _ in at], [s for s, _, _ in at]
         try:
-            lrs = degrade_batch([t.hr for t, *_ in jobs], [s for _, s, *_ in jobs],
-                                [d for *_, d, _ in jobs], [n for *_, n in jobs])  # fmt: skip
-        except DegradationError as e:
+            lrs = degrade_batch(hrs, per_tile, [d for d, _ in drawn], [seed for _, seed in drawn])
+        except DegradationError as e:  # e begins "at x{scale}: "
             last = first + len(places) - 1
             raise DegradationError(f"tiles {first}..{last} (image {digest[:12]}) {e}") from e
-        for (tile, s, deg, _), lr in zip(jobs, lrs, strict=True):
+        for (s, tile, _), lr, (deg, _) in zip(at, lrs, drawn, strict=True):
             tile.real[s] = (lr, deg.spec)
     return out
 

@@ -26,10 +26,10 @@ import contextlib
 import functools
 import io
 import math
-import signal
 import subprocess
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -42,6 +42,7 @@ from remaster.config import BLUR_MAX, CODECS, KERNELS, NOISE_MAX, QUALITY_RANGE,
 from remaster.data.imaging import downscale
 
 CLEAN_NAMES = ("bicubic", "clean")
+CODED_HERE = ("none", "jpeg")  # codecs done in this process; the others go through ffmpeg in batches
 # The quality key of each codec on the command line, and its allowed range.
 QUALITY_KEY = {"x264": "crf", "mpeg2": "q", "jpeg": "q"}
 _PIL_KERNEL = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
@@ -267,9 +268,10 @@ def _encode_decode(encoder: Any, decoder: Any, data: bytes, what: str) -> bytes:
     finally:
         codes = [stopping.reap(p) for p in procs]
     # the encoder first: a decoder that failed after it did only reports the missing stream;
-    # but an encoder whose pipe broke only lost its reader, the decoder, which says why
+    # but an encoder whose pipe broke (ffmpeg says so and exits 1) only lost its reader, the
+    # decoder, which says why
     enc_says = _last_line(b"".join(enc_err))
-    lost_reader = codes[1] != 0 and (codes[0] == -signal.SIGPIPE or "Broken pipe" in enc_says)
+    lost_reader = codes[1] != 0 and "Broken pipe" in enc_says
     if codes[0] != 0 and not lost_reader:
         raise DegradationError(f"{what} (encode): ffmpeg exited {codes[0]}: {enc_says}")
     if codes[1] != 0:
@@ -309,43 +311,39 @@ def codec_round_trip(frames: Sequence[np.ndarray], codec: str, quality: int) -> 
 
 def degrade_batch(
     hrs: Sequence[np.ndarray],
-    scales: int | Sequence[int],
+    scales: Sequence[int],
     degs: Sequence[Degradation],
     noise_seeds: Sequence[int],
 ) -> list[np.ndarray]:
-    """The LR of each HR under its own chain (``scales``: one for all, or one per HR).
+    """The LR of each HR under its own chain, at its own scale.
 
     Frames sharing a codec setting and size go through ffmpeg together, and the batches run at
     once: each starts as soon as its frames are resized, while the next are made here.
     """
     n = len(hrs)
-    per_item = [scales] * n if isinstance(scales, int) else list(scales)
-    if not n == len(per_item) == len(degs) == len(noise_seeds):
+    if not n == len(scales) == len(degs) == len(noise_seeds):
         raise ValueError(
-            f"{n} images, {len(per_item)} scales, {len(degs)} degradations and {len(noise_seeds)} seeds"
+            f"{n} images, {len(scales)} scales, {len(degs)} degradations and {len(noise_seeds)} seeds"
         )
     groups: dict[tuple[str, int, int, int, int], list[int]] = {}
-    for i, (hr, s, d) in enumerate(zip(hrs, per_item, degs, strict=True)):
-        if d.codec not in ("none", "jpeg"):
+    for i, (hr, s, d) in enumerate(zip(hrs, scales, degs, strict=True)):
+        if d.codec not in CODED_HERE:
             groups.setdefault((d.codec, d.quality, s, hr.shape[0], hr.shape[1]), []).append(i)
     lrs: list[np.ndarray] = [np.empty(0, np.uint8)] * n
 
     def made(i: int) -> np.ndarray:
         d = degs[i]
-        lr = resize_down(gaussian_blur(hrs[i], d.blur), per_item[i], d.kernel)
+        lr = resize_down(gaussian_blur(hrs[i], d.blur), scales[i], d.kernel)
         lr = add_noise(lr, d.noise, np.random.default_rng(noise_seeds[i]))
         return jpeg_round_trip(lr, d.quality) if d.codec == "jpeg" else lr
-
-    from concurrent.futures import Future, ThreadPoolExecutor
 
     with ThreadPoolExecutor(max(1, len(groups)), thread_name_prefix="codec") as pool:
         running: list[tuple[int, list[int], Future[list[np.ndarray]]]] = []
         for (codec, quality, s, *_), idx in groups.items():
             frames = [made(i) for i in idx]
             running.append((s, idx, pool.submit(codec_round_trip, frames, codec, quality)))
-        in_groups = {i for idx in groups.values() for i in idx}
-        for i in range(n):
-            if i not in in_groups:
+        for i, d in enumerate(degs):
+            if d.codec in CODED_HERE:
                 lrs[i] = made(i)
         for s, idx, done in running:
             try:
@@ -359,7 +357,7 @@ def degrade_batch(
 
 def degrade(hr: np.ndarray, scale: int, deg: Degradation, seed: int = 0) -> np.ndarray:
     """One image's LR under ``deg`` (the noise seeded by ``seed``)."""
-    return degrade_batch([hr], scale, [deg], [seed])[0]
+    return degrade_batch([hr], [scale], [deg], [seed])[0]
 
 
 # --- drawing chains for the realistic pack -------------------------------------------------------
