@@ -59,23 +59,22 @@ def _sources(work: Path) -> tuple[dict[str, int], list[str]]:
     """Kept images per shared folder, and one line per video on what mining it gave."""
     with open(work / "data/ingested/manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    mined: dict[str, list[str]] = {}  # video -> each mined frame's fate
+    for r in rows:
+        if r["video"]:  # "ok", or "near duplicate (X kept instead)" from "near_duplicate of X (distance d)"
+            kept_instead = r["reason"].split(" of ", 1)[-1].split(" (")[0]
+            fate = r["status"].replace("_", " ") + (f" ({kept_instead} kept instead)" if r["reason"] else "")
+            mined.setdefault(r["video"], []).append(fate)
     kept: dict[str, int] = {}
     videos: list[str] = []
     for r in rows:
-        if r.get("video"):
-            continue  # a mined frame: counted in its video's line below
         folder = (work / "scrape" / r["source"]).resolve().parent.name
-        if r["status"] == "ok":
+        if r["status"] == "ok" and not r["video"]:
             kept[folder] = kept.get(folder, 0) + 1
-        elif r["status"] in ("video", "rejected") and r.get("sar") is not None and folder == "video":
-            frames = [m for m in rows if m.get("video") == r["source"]]
-            fate = ", ".join(
-                f"{m['status'].replace('_', ' ')}"
-                + (f" ({m['reason'].split(' of ')[-1].split(' (')[0]} kept instead)" if m["reason"] else "")
-                for m in frames
-            )
-            name = Path(r["source"]).name
-            videos.append(f"`{name}`: {r['reason']}" + (f"; the frames: {fate}" if fate else ""))
+        elif folder == "video" and not r["video"]:  # the video's own row: mined, or rejected
+            frames = mined.get(r["source"])
+            tail = f"; the frames: {', '.join(frames)}" if frames else ""
+            videos.append(f"`{Path(r['source']).name}`: {r['reason']}{tail}")
     return kept, videos
 
 
@@ -103,8 +102,8 @@ def _train_rows(work: Path, scale: int) -> dict[str, Any]:
 
 
 def _table(ours: dict[str, Any], ref: dict[str, Any] | None, before: dict[str, Any] | None) -> list[str]:
-    """Per-image rows and the mean: bicubic, ours, and the round-1 weights and the authors' where
-    they were scored."""
+    """Per-image rows and the mean: bicubic, ours, and the weights this round started from and the
+    authors' where they were scored."""
     head, rule = "| image | bicubic | A2N anime (ours) | gain |", "| --- | ---: | ---: | ---: |"
     if before:
         prev = f"round {len(EARLIER_ROUNDS)}"
@@ -112,14 +111,12 @@ def _table(ours: dict[str, Any], ref: dict[str, Any] | None, before: dict[str, A
     if ref:
         head, rule = head + " authors' DIV2K A2N | ours - authors |", rule + " ---: | ---: |"
     lines = [head, rule]
+    others = [(o, {i["name"]: i for i in o["images"]}) for o in (before, ref) if o]
     rows = [*ours["images"], {"name": "**mean**", **{k: ours[k] for k in ("psnr_y", "bicubic_psnr_y")}}]
     for r in rows:
         gain = r["psnr_y"] - r["bicubic_psnr_y"]
         line = f"| {r['name']} | {r['bicubic_psnr_y']:.2f} | {r['psnr_y']:.2f} | {gain:+.2f} |"
-        for other in (before, ref):
-            if not other:
-                continue
-            by_name = {o["name"]: o for o in other["images"]}
+        for other, by_name in others:
             t = by_name.get(r["name"]) or (other if r["name"] == "**mean**" else None)
             line += f" {t['psnr_y']:.2f} | {r['psnr_y'] - t['psnr_y']:+.2f} |" if t else " | |"
         lines.append(line)
