@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import resource
 import sys
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from remaster.config import IngestParams, PackParams, TileParams
 from remaster.data import imaging
+from remaster.engine.cpu import cpu_model
 from stages import ingest, pack, tile
 from stages.demo import write_images
 
@@ -116,7 +118,7 @@ def main() -> int:
         real = PackParams(degradation="realistic")
         s = pack.run(real, root / "ingested", root / "tiles", root / "packed_real", progress=False)
         rows.append(("pack realistic", time.perf_counter() - t, None, s["tiles_train"] + s["tiles_val"]))
-    print(f"machine: {_cpu()}, python {platform.python_version()}")
+    print(f"machine: {cpu_model()} x{os.cpu_count()}, python {platform.python_version()}")
     print(f"{args.n} generated {args.width}x{args.height} images ({gen_s:.1f} s to generate)\n")
     print("| stage             | seconds | images/s | tiles/s |")
     print("| ---               | ---:    | ---:     | ---:    |")
@@ -151,18 +153,6 @@ def video_row(minutes: float) -> None:
     print("| ---: | ---: | ---: | ---: |")
     cells = [f"{r['minutes']:.1f}", str(r["kept"]), f"{r['decoded'] / r['seconds']:.0f}"]
     print("| " + " | ".join([*cells, f"{r['seconds'] / r['minutes']:.1f}"]) + " |")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                import os
-
-                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

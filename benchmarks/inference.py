@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,16 +43,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from models.a2n import A2N, A2NConfig
 from models.checkpoint import save_checkpoint
 from remaster.commandline import quiet_environment
-from remaster.engine.cpu import cpu_cores, cpu_has_bf16, keep_freed_memory
+from remaster.engine.cpu import cpu_cores, cpu_has_bf16, cpu_model, keep_freed_memory
 from remaster.engine.upscaler import Upscaler, auto_tile, pick_precision
 
 CASES = [(576, 432, 2), (576, 432, 4), (640, 360, 2)]  # (width, height, scale)
 
 
 def machine() -> str:
-    name = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    name = cpu_model()
     bf16 = "native bf16" if cpu_has_bf16() else "no native bf16"
     return (
         f"{name}, {cpu_cores()} cores ({bf16}), torch {torch.__version__}, {torch.get_num_threads()} threads"

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from remaster.config import load_params  # noqa: E402
+from remaster.engine.cpu import cpu_model  # noqa: E402
 from stages import ingest  # noqa: E402
 
 CLIP = ROOT.parent / "shared" / "data" / "video" / "tas_jjk_1080p_test.mp4"
@@ -77,13 +78,6 @@ def one(source: Path, overrides: list[str]) -> dict[str, float]:
     }
 
 
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    return "unknown CPU"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, nargs="+", default=[3, 24], help="looped source lengths")
@@ -106,7 +100,10 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--one", str(src)] + [f"-S{o}" for o in overrides]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    print(f"machine: {_cpu()}; params: params.yaml with {', '.join(overrides) or 'no overrides'}\n")
+    print(
+        f"machine: {cpu_model()} x{os.cpu_count()}; "
+        f"params: params.yaml with {', '.join(overrides) or 'no overrides'}\n"
+    )
     head = ["source min", "frames kept", "ok after dedup", "frames decoded", "frames/s decoded"]
     head += ["s per source min", "seconds", "peak RSS python", "peak RSS ffmpeg"]
     print("| " + " | ".join(head) + " |")

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from flows.episode import with_workers  # noqa: E402
 from remaster.commandline import quiet_environment  # noqa: E402
 from remaster.config import load_params  # noqa: E402
+from remaster.engine.cpu import cpu_model  # noqa: E402
 from remaster.video.reuse import luma  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "video"
@@ -141,7 +142,7 @@ def main() -> int:
                 f"| {float(np.mean(psnr)):.1f} | {min(psnr):.1f} |"
             )
     print(
-        f"machine: {_cpu()}, python {platform.python_version()}; "
+        f"machine: {cpu_model()} x{os.cpu_count()}, python {platform.python_version()}; "
         f"reuse near, tolerance {base.reuse_tolerance:g}"
     )
     print("| clip | frames | computed | reused | s off | s near | speed-up | s/frame off | s/frame near "
@@ -150,13 +151,6 @@ def main() -> int:
     print("\n".join(rows))
     print("\n".join(["", *notes]))
     return 0
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ import argparse
 import contextlib
 import gc
 import os
-import platform
 import time
 
 import torch
 
 from models.a2n import A2N, A2NConfig
+from remaster.engine.cpu import cpu_model
 from remaster.training.loop import charbonnier
 
 # (label, channels_last, bf16 autocast)
@@ -28,14 +28,6 @@ CASES = [
     ("fp32 channels_last", True, False),
     ("bf16 autocast channels_last", True, True),
 ]
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models.checkpoint import read_checkpoint  # noqa: E402
+from remaster.engine.cpu import cpu_model  # noqa: E402
 from remaster.files import sha256_file, write_text  # noqa: E402
 
 WEIGHTS = ROOT / "models" / "weights"
@@ -28,13 +28,6 @@ WEIGHTS = ROOT / "models" / "weights"
 
 def _json(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 # The earlier rounds of the shipped weights, each continued by the next; their work folders are
@@ -225,7 +218,7 @@ def write_card(description: str, name: str, make: Callable[[Path, str], str]) ->
     """The command line of a card script: WORKDIR [--machine TEXT] -> models/weights/``name``."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("work", type=Path)
-    ap.add_argument("--machine", default=f"{_cpu()}, CPU only, torch fp32 channels_last")
+    ap.add_argument("--machine", default=f"{cpu_model()}, CPU only, torch fp32 channels_last")
     args = ap.parse_args()
     write_text(WEIGHTS / name, make(args.work, args.machine))
     print(f"wrote {WEIGHTS / name}")

@@ -7,8 +7,18 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import platform
 import sys
 from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU's name as /proc/cpuinfo gives it, for benchmark tables and model cards."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
 
 
 def cpu_has_bf16() -> bool:
