@@ -132,8 +132,9 @@ def card(work: Path, machine: str) -> str:
     out = [
         "# A2N anime weights (x2, x4)",
         "",
-        "The project's default models: `remaster video`, `upscale` and `evaluate` load them when no",
-        "`--model` is given. A2N as in `models/a2n.py` (40 features, 16 attention-in-attention",
+        "The clean weights (`--model clean`): `remaster upscale` and `evaluate` load them when no",
+        "`--model` is given, and the video weights (`MODEL_CARD_video.md`) start from them. A2N as",
+        "in `models/a2n.py` (40 features, 16 attention-in-attention",
         "blocks), fp32 safetensors with the config in the metadata. Trained by",
         "`scripts/train_shipped.sh` with the project's own stages, in rounds: from random weights",
         "on the first data, then continued on more (`INIT=shipped`), each round from the last",
