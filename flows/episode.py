@@ -32,7 +32,7 @@ from remaster.config import RemasterParams, check_choices, flatten
 from remaster.data.imaging import bicubic_upscale
 from remaster.engine.upscaler import Upscaler
 from remaster.files import sha256_file
-from remaster.model_source import resolve_model
+from remaster.model_source import resolve_model, video_default
 from remaster.tracking import NullTracker, Tracker
 from remaster.video import ffmpeg, probe
 from remaster.video.reuse import ReuseRule
@@ -106,7 +106,10 @@ def remaster_episode(
     with trk.start_run(EXPERIMENT, f"{src.stem}-x{p.scale}"):
         with timed(seconds, "probe"):
             info = probe_task(src)
-            model_path = resolve_model(p.model or None, p.scale, default="video")
+            shipped = video_default(info.codec)
+            if not p.model and shipped == "clean":
+                get_run_logger().info("%s: lossless source (%s), so the clean weights", src, info.codec)
+            model_path = resolve_model(p.model or None, p.scale, default=shipped)
             model: dict[str, Any] = {"path": str(model_path), "sha256": sha256_file(model_path)}
             enc = ffmpeg.Encode(p.codec, p.crf, p.preset, ffmpeg.resolve_pix_fmt(p.pix_fmt, info))
             deinterlace = p.deinterlace == "on" or (p.deinterlace == "auto" and info.interlaced)

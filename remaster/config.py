@@ -200,7 +200,7 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class RemasterParams:
     scale: int = 4  # 2 or 4
-    model: str = ""  # "" = the shipped weights; or a checkpoint path, or models:/a2n-x4@champion
+    model: str = ""  # "" = shipped video weights (clean ones for a lossless source); clean; a path
     codec: Codec = "libx264"
     crf: int = 18
     preset: str = "medium"

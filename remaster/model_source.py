@@ -9,6 +9,18 @@ from pathlib import Path
 from remaster.engine.upscaler import resolve_model_path
 from remaster.tracking import default_tracking_uri
 
+# Codecs that store every pixel as it was: their frames carry no blocks or ringing, so the clean
+# weights restore them better than the video weights, which trade some clean-input quality for codec repair.
+LOSSLESS_CODECS = frozenset(
+    {"ffv1", "ffvhuff", "huffyuv", "utvideo", "magicyuv", "png", "rawvideo", "qtrle", "v210", "v410"}
+)
+
+
+def video_default(codec: str) -> str:
+    """The shipped weights for a source coded with ``codec``: ``clean`` for a lossless one,
+    ``video`` for everything else (every DVD, broadcast or web episode)."""
+    return "clean" if codec in LOSSLESS_CODECS else "video"
+
 
 def resolve_model(spec: str | None, scale: int, default: str = "clean") -> Path:
     """A file path for ``spec``; None means the shipped ``default`` weights."""

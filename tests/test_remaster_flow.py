@@ -118,6 +118,25 @@ def test_the_flow_remasters_an_episode_and_tracks_it(
     assert trk.dicts["summary.json"]["verify"]["frames"]["ok"]
 
 
+@pytest.mark.parametrize(("codec", "weights"), [("ffv1", "a2n_anime_x2"), ("libx264", "a2n_anime_video_x2")])
+def test_without_a_model_a_lossless_source_gets_the_clean_weights(
+    api_url: str, tmp_path: Path, codec: str, weights: str
+) -> None:
+    # a lossless capture has no codec damage to undo, and the video weights score lower on clean
+    # input; everything else gets the video weights
+    src = tmp_path / f"{codec}.mkv"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=48x36:r=12:d=0.5",
+         "-pix_fmt", "yuv420p", "-c:v", codec, str(src)],
+        check=True,
+    )  # fmt: skip
+    assert probe.probe(src).codec == {"ffv1": "ffv1", "libx264": "h264"}[codec]
+    p = RemasterParams(scale=2, model="", segment_seconds=1.0, preset="ultrafast", workers=1)
+    summary = episode.with_workers(p)(str(src), str(tmp_path / "out.mkv"), p)
+    assert Path(summary["model"]["path"]).name == f"{weights}.safetensors"
+    assert summary["frames"] == 6 and all(check["ok"] for check in summary["verify"].values())
+
+
 def test_the_shared_one_piece_clip_comes_through_whole(
     api_url: str, assets: dict[str, Path], tmp_path: Path
 ) -> None:

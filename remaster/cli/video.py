@@ -26,7 +26,8 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         help="video or clean (the shipped weights for compressed video or for clean images), "
-        "a checkpoint, .safetensors or models:/name@alias (default: remaster.model, else video)",
+        "a checkpoint, .safetensors or models:/name@alias (default: remaster.model, else video; clean "
+        "for a lossless source such as FFV1)",
     )
     parser.add_argument("--codec", choices=get_args(Codec), help="the video encoder")
     parser.add_argument("--crf", type=int, help="the encoder's constant rate factor (lower: better, larger)")
