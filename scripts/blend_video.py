@@ -30,7 +30,7 @@ from remaster.files import write_json  # noqa: E402
 from remaster.training import loop  # noqa: E402
 from remaster.training.dataset import TileDataset  # noqa: E402
 
-GRID = (0.0, 0.3, 0.5, 0.7, 1.0)
+GRID = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class Subset(TileDataset):

@@ -9,7 +9,9 @@
 # that clip stays unseen by this fine-tune. `pack` runs with pack.degradation=realistic (blur,
 # four kernels, noise, 4:2:0, libx264 / MPEG-2 / JPEG; see params.yaml). Each scale starts from
 # the shipped clean weights of that scale and learns from the realistic LR, with a share of clean
-# samples (CLEAN, default 0.4), then is blended with the clean weights (see the end).
+# samples (CLEAN, default 0.5), then is blended with the clean weights (see the end).
+# Blur and noise are milder than params.yaml's defaults (BLUR_PROB, NOISE_PROB): the stronger ones
+# taught the network to sharpen and flatten clean input as well, which cost over 2 dB on clean LR.
 # Rerunning the same command resumes each training where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,8 +19,10 @@ WORK=$(realpath -m "$1")
 X2_ITERS=${2:-1600}
 X4_ITERS=${3:-600}
 BATCH=${BATCH:-16}
-CLEAN=${CLEAN:-0.4}
-LR=${LR:-0.0002}
+CLEAN=${CLEAN:-0.5}
+LR=${LR:-0.0001}
+BLUR_PROB=${BLUR_PROB:-0.15}
+NOISE_PROB=${NOISE_PROB:-0.15}
 SHARED=$(realpath ../shared)
 HELD_OUT="anime4k_Fate_1080p.jpg anime4k_Slime_1080p.jpg apisr_naruto.jpg a4k__1080p-2160p_Original_0.png
 a4k__1080p-2160p_Original_5.png a4k__1080p-2160p_Original_10.png a4k__720p-1080p_Original_7.png"
@@ -33,7 +37,9 @@ for f in "$SHARED"/data/anime_hr/*.{jpg,png} "$SHARED"/data/anime_hr_more/*.png;
 done
 ln -sf "$SHARED"/data/manga109/*.png "$SHARED"/data/manga109_more/*.png "$WORK/scrape/manga/"
 
-common=(-S ingest.min_side=700 -S tile.val_fraction=0.04 -S pack.degradation=realistic)
+common=(-S ingest.min_side=700 -S tile.val_fraction=0.04 -S pack.degradation=realistic
+        -S pack.realistic.blur_prob="$BLUR_PROB" -S "pack.realistic.blur=[0.3, 0.8]"
+        -S pack.realistic.noise_prob="$NOISE_PROB" -S "pack.realistic.noise=[0.5, 2.0]")
 $PY -m stages.ingest --source "$WORK/scrape" --output "$WORK/data/ingested" "${common[@]}"
 $PY -m stages.tile --ingested "$WORK/data/ingested" --output "$WORK/data/tiles" "${common[@]}"
 $PY -m stages.pack --ingested "$WORK/data/ingested" --tiles "$WORK/data/tiles" --output "$WORK/data/packed" "${common[@]}"
@@ -47,8 +53,10 @@ $PY -m stages.train "${train[@]}" -S train.iterations="$X4_ITERS" -S train.val_e
   --init models/weights/a2n_anime_x4.safetensors "${data[@]}" --output "$WORK/runs/x4" --metrics "$WORK/metrics/x4.json" --plots "$WORK/plots/x4"
 
 # The fine-tune alone smooths clean input; blend it with the clean weights, the mix chosen on the
-# val tiles: the best realistic score that loses at most 1 dB on clean LR (scripts/blend_video.py).
+# val tiles: the best realistic score that loses at most MAX_CLEAN_LOSS dB on clean LR
+# (scripts/blend_video.py). The bar on held-out frames is 1 dB, but the val tiles (mostly manga
+# pages) understate the loss on HD frames: in the first round 0.77 dB on val was 2.1 dB on them.
 for s in 2 4; do
-  $PY scripts/blend_video.py "$WORK" --scale $s
+  $PY scripts/blend_video.py "$WORK" --scale $s --max-clean-loss "${MAX_CLEAN_LOSS:-0.4}"
 done
 echo "wrote models/weights/a2n_anime_video_x{2,4}.safetensors; score them with scripts/score_video.sh $WORK"
