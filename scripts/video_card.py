@@ -56,15 +56,18 @@ BARS = (
 )
 
 
-def margin(work: Path, scale: int, spec: str, versus: str, name: str) -> float:
-    """The video weights' Y-PSNR less that of ``versus`` (bicubic, lanczos or clean) on one set."""
+def figures(work: Path, scale: int, spec: str) -> dict[str, dict[str, float]]:
+    """Per set, and pooled as ``all``: the Y-PSNR of bicubic, lanczos, the clean and the video weights."""
     clean, video = scores(work, "clean", scale, spec), scores(work, "video", scale, spec)
+    out = {}
+    for name in (*SETS, "all"):
 
-    def get(sets: dict[str, Any], k: str) -> float:
-        return pooled(sets, k) if name == "all" else float(sets[name][k])
+        def get(sets: dict[str, Any], k: str, name: str = name) -> float:
+            return pooled(sets, k) if name == "all" else float(sets[name][k])
 
-    other = get(clean, "psnr_y") if versus == "clean" else get(video, f"{versus}_psnr_y")
-    return get(video, "psnr_y") - other
+        out[name] = {"bicubic": get(video, "bicubic_psnr_y"), "lanczos": get(video, "lanczos_psnr_y"),
+                     "clean": get(clean, "psnr_y"), "video": get(video, "psnr_y")}  # fmt: skip
+    return out
 
 
 def bars(work: Path) -> list[str]:
@@ -73,8 +76,8 @@ def bars(work: Path) -> list[str]:
     for scale, spec, versus, least in BARS:
         what = f"x{scale} {LABEL[spec]}: video - {versus} >= {least:+.1f} dB"
         cells = []
-        for name in (*SETS, "all"):
-            m = margin(work, scale, spec, versus, name)
+        for f in figures(work, scale, spec).values():
+            m = f["video"] - f[versus]
             cells.append(f"{m:+.2f} {'met' if m >= least else '**not met**'}")
         out.append(f"| {what} | " + " | ".join(cells) + " |")
     return out
@@ -85,14 +88,8 @@ def quality(work: Path, scale: int) -> list[str]:
             "| video - clean |")  # fmt: skip
     out = [head, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for spec in SPECS[scale]:
-        clean, video = scores(work, "clean", scale, spec), scores(work, "video", scale, spec)
-        for name in (*SETS, "all"):
-
-            def get(sets: dict[str, Any], k: str, name: str = name) -> float:
-                return pooled(sets, k) if name == "all" else float(sets[name][k])
-
-            bic, lan = get(video, "bicubic_psnr_y"), get(video, "lanczos_psnr_y")
-            c, v = get(clean, "psnr_y"), get(video, "psnr_y")
+        for name, f in figures(work, scale, spec).items():
+            bic, lan, c, v = f["bicubic"], f["lanczos"], f["clean"], f["video"]
             label = f"**{name}**" if name == "all" else name
             cells = [LABEL[spec], label, f"{bic:.2f}", f"{lan:.2f}", f"{c:.2f}", f"{v:.2f}"]
             cells += [f"{v - bic:+.2f}", f"{v - c:+.2f}"]
