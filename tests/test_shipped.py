@@ -18,6 +18,12 @@ from remaster.evaluation.metrics import psnr_y
 MIN_GAIN = {2: 6.0, 4: 2.0}
 
 
+def held_out_crop(shared: Path, scale: int) -> np.ndarray:
+    """(192, 192, 3) of a held-out test image: faces, hair and line work."""
+    hr_full = np.asarray(Image.open(shared / "data/anime_hr/anime4k_Slime_1080p.jpg").convert("RGB"))
+    return modcrop(hr_full[300:492, 700:892], scale)
+
+
 @pytest.mark.parametrize("scale", [2, 4])
 def test_shipped_weights_load_by_default_and_beat_bicubic(scale: int, shared: Path) -> None:
     path = default_weights(scale)
@@ -26,8 +32,7 @@ def test_shipped_weights_load_by_default_and_beat_bicubic(scale: int, shared: Pa
     up = Upscaler.load(None, scale, tile=0)
     assert up.scale == scale and up.info is not None and up.info["path"] == str(path)
 
-    hr_full = np.asarray(Image.open(shared / "data/anime_hr/anime4k_Slime_1080p.jpg").convert("RGB"))
-    hr = modcrop(hr_full[300:492, 700:892], scale)  # (192, 192, 3): faces, hair and line work
+    hr = held_out_crop(shared, scale)
     lr = downscale(hr, scale)
     gain = psnr_y(up.upscale_image(lr), hr, scale) - psnr_y(bicubic_upscale(lr, scale), hr, scale)
     assert gain >= MIN_GAIN[scale], f"x{scale}: {gain:.2f} dB over bicubic"
@@ -46,8 +51,7 @@ def test_video_weights_restore_compressed_frames_better_than_the_clean_ones(scal
     assert resolve_model_path("video", scale) == path
     assert resolve_model_path(None, scale, default="video") == path  # what `remaster video` loads
     assert resolve_model_path("clean", scale) == default_weights(scale)
-    hr_full = np.asarray(Image.open(shared / "data/anime_hr/anime4k_Slime_1080p.jpg").convert("RGB"))
-    hr = modcrop(hr_full[300:492, 700:892], scale)
+    hr = held_out_crop(shared, scale)
     lr = degrade(hr, scale, parse_spec("x264:crf=23"))
     scores = {name: psnr_y(Upscaler.load(name, scale, tile=0).upscale_image(lr), hr, scale)
               for name in ("video", "clean")}  # fmt: skip
@@ -60,8 +64,7 @@ def test_video_weights_restore_compressed_frames_better_than_the_clean_ones(scal
 def test_video_weights_stay_within_1_db_of_the_clean_ones_on_clean_input(scale: int, shared: Path) -> None:
     # the bar of the video weights on clean LR; measured: -0.34 (x2), -0.59 (x4) dB on this crop,
     # where the earlier video weights lost 2.67 and 1.78 dB
-    hr_full = np.asarray(Image.open(shared / "data/anime_hr/anime4k_Slime_1080p.jpg").convert("RGB"))
-    hr = modcrop(hr_full[300:492, 700:892], scale)
+    hr = held_out_crop(shared, scale)
     lr = downscale(hr, scale)
     scores = {name: psnr_y(Upscaler.load(name, scale, tile=0).upscale_image(lr), hr, scale)
               for name in ("video", "clean")}  # fmt: skip
