@@ -23,6 +23,7 @@ CLEAN=${CLEAN:-0.5}
 LR=${LR:-0.0001}
 BLUR_PROB=${BLUR_PROB:-0.15}
 NOISE_PROB=${NOISE_PROB:-0.15}
+MAX_CLEAN_LOSS=${MAX_CLEAN_LOSS:-0.4}
 SHARED=$(realpath ../shared)
 HELD_OUT="anime4k_Fate_1080p.jpg anime4k_Slime_1080p.jpg apisr_naruto.jpg a4k__1080p-2160p_Original_0.png
 a4k__1080p-2160p_Original_5.png a4k__1080p-2160p_Original_10.png a4k__720p-1080p_Original_7.png"
@@ -57,6 +58,6 @@ $PY -m stages.train "${train[@]}" -S train.iterations="$X4_ITERS" -S train.val_e
 # (scripts/blend_video.py). The bar on held-out frames is 1 dB, but the val tiles (mostly manga
 # pages) understate the loss on HD frames: in the first round 0.77 dB on val was 2.1 dB on them.
 for s in 2 4; do
-  $PY scripts/blend_video.py "$WORK" --scale $s --max-clean-loss "${MAX_CLEAN_LOSS:-0.4}"
+  $PY scripts/blend_video.py "$WORK" --scale $s --max-clean-loss "$MAX_CLEAN_LOSS"
 done
 echo "wrote models/weights/a2n_anime_video_x{2,4}.safetensors; score them with scripts/score_video.sh $WORK"
