@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import platform
 import resource
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from remaster.config import IngestParams, PackParams, TileParams
 from remaster.data import imaging
-from remaster.engine.cpu import cpu_model
+from remaster.engine.cpu import cpu_line
 from stages import ingest, pack, tile
 from stages.demo import write_images
 
@@ -118,7 +117,7 @@ def main() -> int:
         real = PackParams(degradation="realistic")
         s = pack.run(real, root / "ingested", root / "tiles", root / "packed_real", progress=False)
         rows.append(("pack realistic", time.perf_counter() - t, None, s["tiles_train"] + s["tiles_val"]))
-    print(f"machine: {cpu_model()} x{os.cpu_count()}, python {platform.python_version()}")
+    print(f"machine: {cpu_line()}, python {platform.python_version()}")
     print(f"{args.n} generated {args.width}x{args.height} images ({gen_s:.1f} s to generate)\n")
     print("| stage             | seconds | images/s | tiles/s |")
     print("| ---               | ---:    | ---:     | ---:    |")

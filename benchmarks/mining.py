@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import resource
 import subprocess
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from remaster.config import load_params  # noqa: E402
-from remaster.engine.cpu import cpu_model  # noqa: E402
+from remaster.engine.cpu import cpu_line  # noqa: E402
 from stages import ingest  # noqa: E402
 
 CLIP = ROOT.parent / "shared" / "data" / "video" / "tas_jjk_1080p_test.mp4"
@@ -100,10 +99,7 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--one", str(src)] + [f"-S{o}" for o in overrides]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    print(
-        f"machine: {cpu_model()} x{os.cpu_count()}; "
-        f"params: params.yaml with {', '.join(overrides) or 'no overrides'}\n"
-    )
+    print(f"machine: {cpu_line()}; params: params.yaml with {', '.join(overrides) or 'no overrides'}\n")
     head = ["source min", "frames kept", "ok after dedup", "frames decoded", "frames/s decoded"]
     head += ["s per source min", "seconds", "peak RSS python", "peak RSS ffmpeg"]
     print("| " + " | ".join(head) + " |")

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from flows.episode import with_workers  # noqa: E402
 from remaster.commandline import quiet_environment  # noqa: E402
 from remaster.config import load_params  # noqa: E402
-from remaster.engine.cpu import cpu_model  # noqa: E402
+from remaster.engine.cpu import cpu_line  # noqa: E402
 from remaster.video.reuse import luma  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "video"
@@ -142,7 +142,7 @@ def main() -> int:
                 f"| {float(np.mean(psnr)):.1f} | {min(psnr):.1f} |"
             )
     print(
-        f"machine: {cpu_model()} x{os.cpu_count()}, python {platform.python_version()}; "
+        f"machine: {cpu_line()}, python {platform.python_version()}; "
         f"reuse near, tolerance {base.reuse_tolerance:g}"
     )
     print("| clip | frames | computed | reused | s off | s near | speed-up | s/frame off | s/frame near "

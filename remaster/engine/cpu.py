@@ -21,6 +21,11 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_line() -> str:
+    """The CPU's name and the cores this process may run on, for the machine line of a benchmark."""
+    return f"{cpu_model()} x{_affinity()}"
+
+
 def cpu_has_bf16() -> bool:
     """Native bf16 arithmetic (AVX-512 BF16 or AMX); without it bf16 autocast is slower than fp32."""
     try:
@@ -35,6 +40,10 @@ def cpu_cores() -> int:
     env = os.environ.get("OMP_NUM_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
+    return _affinity()
+
+
+def _affinity() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
