@@ -12,6 +12,9 @@
 # samples (CLEAN, default 0.5), then is blended with the clean weights (see the end).
 # Blur and noise are milder than params.yaml's defaults (BLUR_PROB, NOISE_PROB): the stronger ones
 # taught the network to sharpen and flatten clean input as well, which cost over 2 dB on clean LR.
+# CODECS draws each image's codec. Leaving JPEG out, so that MPEG-2 (the DVD codec) has half of the
+# degraded samples instead of a third, was tried for x2 (2,400 iterations, the same blend rule): the
+# held-out scores moved by 0.06 dB or less, MPEG-2 included (docs/benchmarks.md).
 # Rerunning the same command resumes each training where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +27,7 @@ LR=${LR:-0.0001}
 BLUR_PROB=${BLUR_PROB:-0.15}
 NOISE_PROB=${NOISE_PROB:-0.15}
 MAX_CLEAN_LOSS=${MAX_CLEAN_LOSS:-0.4}
+CODECS=${CODECS:-"[x264, mpeg2, jpeg]"}
 SHARED=$(realpath ../shared)
 HELD_OUT="anime4k_Fate_1080p.jpg anime4k_Slime_1080p.jpg apisr_naruto.jpg a4k__1080p-2160p_Original_0.png
 a4k__1080p-2160p_Original_5.png a4k__1080p-2160p_Original_10.png a4k__720p-1080p_Original_7.png"
@@ -40,7 +44,8 @@ ln -sf "$SHARED"/data/manga109/*.png "$SHARED"/data/manga109_more/*.png "$WORK/s
 
 common=(-S ingest.min_side=700 -S tile.val_fraction=0.04 -S pack.degradation=realistic
         -S pack.realistic.blur_prob="$BLUR_PROB" -S "pack.realistic.blur=[0.3, 0.8]"
-        -S pack.realistic.noise_prob="$NOISE_PROB" -S "pack.realistic.noise=[0.5, 2.0]")
+        -S pack.realistic.noise_prob="$NOISE_PROB" -S "pack.realistic.noise=[0.5, 2.0]"
+        -S "pack.realistic.codecs=$CODECS")
 $PY -m stages.ingest --source "$WORK/scrape" --output "$WORK/data/ingested" "${common[@]}"
 $PY -m stages.tile --ingested "$WORK/data/ingested" --output "$WORK/data/tiles" "${common[@]}"
 $PY -m stages.pack --ingested "$WORK/data/ingested" --tiles "$WORK/data/tiles" --output "$WORK/data/packed" "${common[@]}"

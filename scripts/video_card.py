@@ -97,6 +97,20 @@ def quality(work: Path, scale: int) -> list[str]:
     return out
 
 
+def codecs(settings: dict[str, Any]) -> str:
+    """The codecs the realistic LR drew from, each with its quality range."""
+    ranges = {
+        "x264": ("libx264 CRF", "x264_crf"),
+        "mpeg2": ("MPEG-2 -qscale:v", "mpeg2_q"),
+        "jpeg": ("JPEG quality", "jpeg_quality"),
+    }
+    named = [
+        f"{ranges[c][0]} {settings[ranges[c][1]][0]}-{settings[ranges[c][1]][1]}" if c in ranges else c
+        for c in settings["codecs"]
+    ]
+    return ", ".join(named)
+
+
 def card(work: Path, machine: str) -> str:
     tiles = _json(work / "data/tiles/summary.json")
     ingest = _json(work / "data/ingested/summary.json")
@@ -140,10 +154,7 @@ def card(work: Path, machine: str) -> str:
         f"  one: kernels {', '.join(settings['kernels'])}; blur on {settings['blur_prob']:.0%} of tiles",
         f"  (sigma {settings['blur'][0]}-{settings['blur'][1]} HR px); noise on",
         f"  {settings['noise_prob']:.0%} (sigma {settings['noise'][0]}-{settings['noise'][1]} levels);",
-        f"  then, per image, one of {', '.join(settings['codecs'])}:",
-        f"  libx264 CRF {settings['x264_crf'][0]}-{settings['x264_crf'][1]},",
-        f"  MPEG-2 -qscale:v {settings['mpeg2_q'][0]}-{settings['mpeg2_q'][1]}, JPEG quality",
-        f"  {settings['jpeg_quality'][0]}-{settings['jpeg_quality'][1]}, all 4:2:0",
+        f"  then, per image, one of {codecs(settings)}, all 4:2:0",
         f"  ({ffmpeg.split(' Copyright')[0]}).",
         "",
         "## Training",
