@@ -18,6 +18,7 @@ import h5py
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from remaster.config import RANGE_KEYS  # noqa: E402
 from remaster.files import sha256_file  # noqa: E402
 from scripts.model_card import _json, _train_rows, files_table, write_card  # noqa: E402
 
@@ -29,6 +30,8 @@ SETS = {
 SPECS = {2: ("bicubic", "x264:crf=18", "x264:crf=23", "mpeg2:q=6"), 4: ("bicubic", "x264:crf=23")}
 LABEL = {"bicubic": "clean (no codec)", "x264:crf=18": "libx264 CRF 18", "x264:crf=23": "libx264 CRF 23",
          "mpeg2:q=6": "MPEG-2 -qscale:v 6 (DVD)"}  # fmt: skip
+# Each codec's quality setting as the card names it; RANGE_KEYS gives its range in the pack settings.
+CODEC_LABEL = {"x264": "libx264 CRF", "mpeg2": "MPEG-2 -qscale:v", "jpeg": "JPEG quality"}
 
 
 def scores(work: Path, model: str, scale: int, spec: str) -> dict[str, Any]:
@@ -59,15 +62,13 @@ BARS = (
 def figures(work: Path, scale: int, spec: str) -> dict[str, dict[str, float]]:
     """Per set, and pooled as ``all``: the Y-PSNR of bicubic, lanczos, the clean and the video weights."""
     clean, video = scores(work, "clean", scale, spec), scores(work, "video", scale, spec)
-    out = {}
-    for name in (*SETS, "all"):
 
-        def get(sets: dict[str, Any], k: str, name: str = name) -> float:
-            return pooled(sets, k) if name == "all" else float(sets[name][k])
+    def get(sets: dict[str, Any], k: str, name: str) -> float:
+        return pooled(sets, k) if name == "all" else float(sets[name][k])
 
-        out[name] = {"bicubic": get(video, "bicubic_psnr_y"), "lanczos": get(video, "lanczos_psnr_y"),
-                     "clean": get(clean, "psnr_y"), "video": get(video, "psnr_y")}  # fmt: skip
-    return out
+    columns = {"bicubic": (video, "bicubic_psnr_y"), "lanczos": (video, "lanczos_psnr_y"),
+               "clean": (clean, "psnr_y"), "video": (video, "psnr_y")}  # fmt: skip
+    return {name: {col: get(sets, k, name) for col, (sets, k) in columns.items()} for name in (*SETS, "all")}
 
 
 def bars(work: Path) -> list[str]:
@@ -99,15 +100,13 @@ def quality(work: Path, scale: int) -> list[str]:
 
 def codecs(settings: dict[str, Any]) -> str:
     """The codecs the realistic LR drew from, each with its quality range."""
-    ranges = {
-        "x264": ("libx264 CRF", "x264_crf"),
-        "mpeg2": ("MPEG-2 -qscale:v", "mpeg2_q"),
-        "jpeg": ("JPEG quality", "jpeg_quality"),
-    }
-    named = [
-        f"{ranges[c][0]} {settings[ranges[c][1]][0]}-{settings[ranges[c][1]][1]}" if c in ranges else c
-        for c in settings["codecs"]
-    ]
+    named = []
+    for c in settings["codecs"]:
+        if c in RANGE_KEYS:
+            low, high = settings[RANGE_KEYS[c]]
+            named.append(f"{CODEC_LABEL[c]} {low}-{high}")
+        else:
+            named.append(c)
     return ", ".join(named)
 
 
