@@ -47,7 +47,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     add("--scale", type=int, help="default: train.scale")
     add(
         "--model",
-        help="clean, video, a checkpoint or models:/name@alias (default: evaluate.model, else "
+        help="clean, video, dvd, a checkpoint or models:/name@alias (default: evaluate.model, else "
         f"{DEFAULT_CHECKPOINT} without --hr/--lr, else the shipped weights)",
     )
     add_output(parser, "the report folder (default: %(default)s)", default=Path("reports/eval"))

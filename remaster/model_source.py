@@ -1,4 +1,4 @@
-"""Where a ``--model`` points: a shipped name (``clean``, ``video``), a file, or a registered model
+"""Where a ``--model`` points: a shipped name (``clean``, ``video``, ``dvd``), a file, or a registered model
 (``models:/name@alias``, downloaded from the MLflow registry). The engine loads files only; this
 module is the one place that also knows the registry."""
 
@@ -15,11 +15,19 @@ LOSSLESS_CODECS = frozenset(
     {"ffv1", "ffvhuff", "huffyuv", "utvideo", "magicyuv", "png", "rawvideo", "qtrle", "v210", "v410"}
 )
 
+# The DVD and VCD codecs: even at their best quality their blocks and ringing are strong, so their
+# frames get the fine-tune unblended. On MPEG-2 LR at -qscale:v 2 to 10 it leads the video weights
+# on held-out frames (models/weights/MODEL_CARD_video.md), though it would lose over 1 dB to the
+# clean weights on clean input, which these codecs never give.
+MPEG_CODECS = frozenset({"mpeg1video", "mpeg2video"})
+
 
 def video_default(codec: str) -> str:
-    """The shipped weights for a source coded with ``codec``: ``clean`` for a lossless one,
-    ``video`` for everything else (every DVD, broadcast or web episode)."""
-    return "clean" if codec in LOSSLESS_CODECS else "video"
+    """The shipped weights for a source coded with ``codec``: ``clean`` for a lossless one, ``dvd``
+    for MPEG-1/2 (DVD, VCD, SD broadcast), ``video`` for the rest (H.264, HEVC, VP9, AV1 ...)."""
+    if codec in LOSSLESS_CODECS:
+        return "clean"
+    return "dvd" if codec in MPEG_CODECS else "video"
 
 
 def resolve_model(spec: str | None, scale: int, default: str = "clean") -> Path:

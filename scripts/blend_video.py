@@ -7,7 +7,9 @@ the two networks' weights (Wang et al., "Deep Network Interpolation", CVPR 2019)
 (1 - a) * clean, moves between the two. For each ``a`` in the grid this scores the blend on
 every third of the packed val tiles, with their realistic LR and with their clean LR, keeps the
 largest realistic score among the blends that lose at most ``--max-clean-loss`` dB on the clean
-LR against the clean weights, and writes models/weights/a2n_anime_video_x{s}.safetensors. The val tiles come
+LR against the clean weights, and writes models/weights/a2n_anime_video_x{s}.safetensors. The blend
+with the largest realistic score under no limit becomes a2n_anime_dvd_x{s}.safetensors, for the
+sources that are never clean (MPEG-1/2; remaster.model_source.video_default). The val tiles come
 from the training images' held-out split, never from the test images, so the choice sees no
 test frame. The table it prints is kept beside the run (WORKDIR/blend_x{s}.json).
 """
@@ -75,17 +77,20 @@ def main() -> int:
                 flush=True,
             )
     floor = rows[0]["clean"] - args.max_clean_loss  # a = 0 is the clean weights themselves
-    best = max((r for r in rows if r["clean"] >= floor), key=lambda r: r["realistic"])
-    a = best["alpha"]
-    blended, _, _ = load_model(default_weights(s))
-    blended.load_state_dict({k: a * sd_v[k] + (1 - a) * sd_c[k] for k in sd_c})
-    dst = default_weights(s, "video")
-    source = f"{a:g} x {info.get('path')} + {1 - a:g} x {default_weights(s).name}"
-    export_safetensors(blended, dst, source=source, step=info.get("step"), data_hash=info.get("data_hash"))
-    write_json(
-        args.work / f"blend_x{s}.json", {"chosen": a, "max_clean_loss": args.max_clean_loss, "grid": rows}
-    )
-    print(f"x{s}: a = {a:g} -> {dst}")
+    chosen = {
+        "video": max((r for r in rows if r["clean"] >= floor), key=lambda r: r["realistic"])["alpha"],
+        "dvd": max(rows, key=lambda r: r["realistic"])["alpha"],
+    }
+    for name, a in chosen.items():
+        blended, _, _ = load_model(default_weights(s))
+        blended.load_state_dict({k: a * sd_v[k] + (1 - a) * sd_c[k] for k in sd_c})
+        dst = default_weights(s, name)
+        source = f"{a:g} x {info.get('path')} + {1 - a:g} x {default_weights(s).name}"
+        step, data_hash = info.get("step"), info.get("data_hash")
+        export_safetensors(blended, dst, source=source, step=step, data_hash=data_hash)
+        print(f"x{s} {name}: a = {a:g} -> {dst}")
+    record = {"chosen": chosen["video"], "dvd": chosen["dvd"], "max_clean_loss": args.max_clean_loss}
+    write_json(args.work / f"blend_x{s}.json", {**record, "grid": rows})
     return 0
 
 

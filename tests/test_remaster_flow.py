@@ -118,19 +118,22 @@ def test_the_flow_remasters_an_episode_and_tracks_it(
     assert trk.dicts["summary.json"]["verify"]["frames"]["ok"]
 
 
-@pytest.mark.parametrize(("codec", "weights"), [("ffv1", "a2n_anime_x2"), ("libx264", "a2n_anime_video_x2")])
-def test_without_a_model_a_lossless_source_gets_the_clean_weights(
+@pytest.mark.parametrize(
+    ("codec", "weights"),
+    [("ffv1", "a2n_anime_x2"), ("libx264", "a2n_anime_video_x2"), ("mpeg2video", "a2n_anime_dvd_x2")],
+)
+def test_without_a_model_the_source_codec_chooses_the_weights(
     api_url: str, tmp_path: Path, codec: str, weights: str
 ) -> None:
     # a lossless capture has no codec damage to undo, and the video weights score lower on clean
-    # input; everything else gets the video weights
+    # input; a DVD's MPEG-2 is never clean, so it gets the unblended fine-tune; the rest, video
     src = tmp_path / f"{codec}.mkv"
     subprocess.run(
         ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=48x36:r=12:d=0.5",
          "-pix_fmt", "yuv420p", "-c:v", codec, str(src)],
         check=True,
     )  # fmt: skip
-    assert probe.probe(src).codec == {"ffv1": "ffv1", "libx264": "h264"}[codec]
+    assert probe.probe(src).codec == {"ffv1": "ffv1", "libx264": "h264", "mpeg2video": "mpeg2video"}[codec]
     p = RemasterParams(scale=2, model="", segment_seconds=1.0, preset="ultrafast", workers=1)
     summary = episode.with_workers(p)(str(src), str(tmp_path / "out.mkv"), p)
     assert Path(summary["model"]["path"]).name == f"{weights}.safetensors"

@@ -13,6 +13,7 @@ from remaster.data.degradations import degrade, parse_spec
 from remaster.data.imaging import bicubic_upscale, downscale, modcrop
 from remaster.engine.upscaler import Upscaler, default_weights, resolve_model_path
 from remaster.evaluation.metrics import psnr_y
+from remaster.model_source import resolve_model, video_default
 
 # Y-PSNR gain over bicubic on the crop below, with a margin under what the shipped files give
 MIN_GAIN = {2: 6.0, 4: 2.0}
@@ -38,6 +39,14 @@ def test_shipped_weights_load_by_default_and_beat_bicubic(scale: int, shared: Pa
     assert gain >= MIN_GAIN[scale], f"x{scale}: {gain:.2f} dB over bicubic"
 
 
+def scored(shared: Path, scale: int, spec: str, names: tuple[str, ...]) -> tuple[dict[str, float], float]:
+    """Y-PSNR of the shipped weights ``names``, and of bicubic, on the crop's LR made with ``spec``."""
+    hr = held_out_crop(shared, scale)
+    lr = degrade(hr, scale, parse_spec(spec))
+    scores = {name: psnr_y(Upscaler.load(name, scale, tile=0).upscale_image(lr), hr, scale) for name in names}
+    return scores, psnr_y(bicubic_upscale(lr, scale), hr, scale)
+
+
 # On the same crop coded with libx264 CRF 23 after the downscale: the video weights' gain over
 # bicubic, and their lead over the clean weights, with a margin under what the shipped files give
 MIN_VIDEO_GAIN = {2: 3.0, 4: 5.5}  # measured: 3.55, 6.20
@@ -51,11 +60,7 @@ def test_video_weights_restore_compressed_frames_better_than_the_clean_ones(scal
     assert resolve_model_path("video", scale) == path
     assert resolve_model_path(None, scale, default="video") == path  # what `remaster video` loads
     assert resolve_model_path("clean", scale) == default_weights(scale)
-    hr = held_out_crop(shared, scale)
-    lr = degrade(hr, scale, parse_spec("x264:crf=23"))
-    scores = {name: psnr_y(Upscaler.load(name, scale, tile=0).upscale_image(lr), hr, scale)
-              for name in ("video", "clean")}  # fmt: skip
-    bicubic = psnr_y(bicubic_upscale(lr, scale), hr, scale)
+    scores, bicubic = scored(shared, scale, "x264:crf=23", ("video", "clean"))
     assert scores["video"] - bicubic >= MIN_VIDEO_GAIN[scale], (scores, bicubic)
     assert scores["video"] - scores["clean"] >= MIN_LEAD_OVER_CLEAN[scale], (scores, bicubic)
 
@@ -64,8 +69,32 @@ def test_video_weights_restore_compressed_frames_better_than_the_clean_ones(scal
 def test_video_weights_stay_within_1_db_of_the_clean_ones_on_clean_input(scale: int, shared: Path) -> None:
     # the bar of the video weights on clean LR; measured: -0.34 (x2), -0.59 (x4) dB on this crop,
     # where the earlier video weights lost 2.67 and 1.78 dB
-    hr = held_out_crop(shared, scale)
-    lr = downscale(hr, scale)
-    scores = {name: psnr_y(Upscaler.load(name, scale, tile=0).upscale_image(lr), hr, scale)
-              for name in ("video", "clean")}  # fmt: skip
+    scores, _ = scored(shared, scale, "bicubic", ("video", "clean"))
     assert scores["video"] - scores["clean"] >= -1.0, scores
+
+
+# On the same crop coded as MPEG-2 at -qscale:v 6 (DVD quality) after the downscale: the dvd
+# weights' gain over bicubic, and their lead over the video weights, with a margin under what the
+# shipped files give
+MIN_DVD_GAIN = {2: 1.8, 4: 2.0}  # measured: 2.30, 2.51
+MIN_DVD_LEAD = {2: 0.7, 4: 0.1}  # measured: 1.02, 0.22
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_dvd_weights_repair_mpeg2_frames_better_than_the_video_ones(scale: int, shared: Path) -> None:
+    path = default_weights(scale, "dvd")
+    assert path.is_file() and path.stat().st_size < 5_000_000
+    assert resolve_model_path("dvd", scale) == path
+    scores, bicubic = scored(shared, scale, "mpeg2:q=6", ("dvd", "video"))
+    assert scores["dvd"] - bicubic >= MIN_DVD_GAIN[scale], (scores, bicubic)
+    assert scores["dvd"] - scores["video"] >= MIN_DVD_LEAD[scale], (scores, bicubic)
+
+
+@pytest.mark.parametrize(
+    ("codec", "weights"),
+    [("mpeg2video", "dvd"), ("mpeg1video", "dvd"), ("h264", "video"), ("hevc", "video"), ("av1", "video"),
+     ("ffv1", "clean"), ("rawvideo", "clean")],
+)  # fmt: skip
+def test_the_source_codec_chooses_the_shipped_weights(codec: str, weights: str) -> None:
+    assert video_default(codec) == weights
+    assert resolve_model(None, 2, default=video_default(codec)) == default_weights(2, weights)

@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument(
         "--model",
-        help="clean or video (the shipped weights for clean images or for compressed "
-        "frames), a checkpoint, .safetensors, .onnx or models:/name@alias (default: clean)",
+        help="clean, video or dvd (the shipped weights for clean images, for compressed frames "
+        "or for MPEG-1/2 frames), a checkpoint, .safetensors, .onnx or models:/name@alias (default: clean)",
     )
     p.add_argument("--format", choices=FORMATS, default="png", help="output format (%(default)s)")
     p.add_argument("--quality", type=int, default=95, help="jpg/webp quality; webp 100 = lossless")

@@ -25,9 +25,10 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=int, choices=SCALES, help="2 or 4 (default: remaster.scale)")
     parser.add_argument(
         "--model",
-        help="video or clean (the shipped weights for compressed video or for clean images), "
-        "a checkpoint, .safetensors or models:/name@alias (default: remaster.model, else video; clean "
-        "for a lossless source such as FFV1)",
+        help="video, dvd or clean (the shipped weights for compressed video, for MPEG-1/2 or for "
+        "clean images), a checkpoint, .safetensors or models:/name@alias (default: remaster.model, "
+        "else by the source's codec: dvd for MPEG-1/2, clean for a lossless one such as FFV1, video "
+        "for the rest)",
     )
     parser.add_argument("--codec", choices=get_args(Codec), help="the video encoder")
     parser.add_argument("--crf", type=int, help="the encoder's constant rate factor (lower: better, larger)")

@@ -36,18 +36,23 @@ CPU_TILE = 288  # 2-core Xeon, lanes, 576x432 x2: 8% faster than 192 px tiles, 1
 
 
 # The shipped weights by name: ``clean`` learned from clean bicubic LR (images, the paper's
-# setting); ``video`` from LR degraded like a real episode (codecs, blur, noise; see
-# remaster.data.degradations), the default of ``remaster video``.
-SHIPPED = {"clean": "a2n_anime_x{scale}.safetensors", "video": "a2n_anime_video_x{scale}.safetensors"}
+# setting); ``dvd`` is ``clean`` fine-tuned on LR degraded like a real episode (codecs, blur,
+# noise; see remaster.data.degradations); ``video`` blends the two so that clean input loses under
+# 1 dB. ``remaster video`` picks one by the source's codec (remaster.model_source.video_default).
+SHIPPED = {
+    "clean": "a2n_anime_x{scale}.safetensors",
+    "video": "a2n_anime_video_x{scale}.safetensors",
+    "dvd": "a2n_anime_dvd_x{scale}.safetensors",
+}
 
 
 def default_weights(scale: int, name: str = "clean") -> Path:
-    """The shipped anime weights ``name`` (clean or video) for ``scale``."""
+    """The shipped anime weights ``name`` (clean, video or dvd) for ``scale``."""
     return WEIGHTS_DIR / SHIPPED[name].format(scale=scale)
 
 
 def resolve_model_path(spec: str | None, scale: int, default: str = "clean") -> Path:
-    """A file path for ``spec``: a shipped name (``clean``, ``video``; None = ``default``) or a path.
+    """A file path for ``spec``: a shipped name (``clean``, ``video``, ``dvd``; None = ``default``) or a path.
     ``remaster.model_source.resolve_model`` also takes ``models:/name@alias``."""
     spec = spec or default
     if spec in SHIPPED:
