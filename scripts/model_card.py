@@ -79,6 +79,7 @@ def _train_rows(work: Path, scale: int) -> dict[str, Any]:
         best = {"step": best[0], "psnr_y": best[1]}
     return {
         "step": extra["step"],
+        "iterations": hp.get("iterations"),  # a cosine run's horizon; step runs do not record it
         "hours": extra["seconds"] / 3600,
         "batch": hp.get("batch_size"),
         "crop": hp.get("hr_crop"),
@@ -116,12 +117,13 @@ def _table(ours: dict[str, Any], ref: dict[str, Any] | None, before: dict[str, A
     return lines
 
 
-def files_table(pattern: str) -> list[str]:
-    """The card's Files section for the x2 and x4 files named by ``pattern`` ({s}: the scale)."""
+def files_table(*patterns: str) -> list[str]:
+    """The card's Files section for the x2 and x4 files named by each pattern ({s}: the scale)."""
     out = ["", "## Files", "", "| file | bytes | sha256 |", "| --- | ---: | --- |"]
-    for s in (2, 4):
-        f = WEIGHTS / pattern.format(s=s)
-        out.append(f"| `{f.name}` | {f.stat().st_size:,} | `{sha256_file(f)[:16]}...` |")
+    for pattern in patterns:
+        for s in (2, 4):
+            f = WEIGHTS / pattern.format(s=s)
+            out.append(f"| `{f.name}` | {f.stat().st_size:,} | `{sha256_file(f)[:16]}...` |")
     return [*out, ""]
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from models.checkpoint import load_model  # noqa: E402
 from remaster.config import RANGE_KEYS  # noqa: E402
 from remaster.files import sha256_file  # noqa: E402
 from scripts.model_card import _json, _train_rows, files_table, write_card  # noqa: E402
@@ -27,9 +29,16 @@ SETS = {
     "test_hr": "6 held-out HD anime frames and a manga-style page",
     "test_jjk": "7 frames of the 1080p JJK clip",
 }
-SPECS = {2: ("bicubic", "x264:crf=18", "x264:crf=23", "mpeg2:q=6"), 4: ("bicubic", "x264:crf=23")}
+SPECS = {
+    2: ("bicubic", "x264:crf=18", "x264:crf=23", "mpeg2:q=2", "mpeg2:q=6", "mpeg2:q=10"),
+    4: ("bicubic", "x264:crf=23", "mpeg2:q=6"),
+}
 LABEL = {"bicubic": "clean (no codec)", "x264:crf=18": "libx264 CRF 18", "x264:crf=23": "libx264 CRF 23",
-         "mpeg2:q=6": "MPEG-2 -qscale:v 6 (DVD)"}  # fmt: skip
+         "mpeg2:q=2": "MPEG-2 -qscale:v 2", "mpeg2:q=6": "MPEG-2 -qscale:v 6 (DVD)",
+         "mpeg2:q=10": "MPEG-2 -qscale:v 10"}  # fmt: skip
+# The blend each shipped file took, as blend_video.py records it
+PICKS = (("video", "chosen"), ("dvd", "dvd"))
+MPEG2 = tuple(spec for spec in LABEL if spec.startswith("mpeg2"))
 # Each codec's quality setting as the card names it; RANGE_KEYS gives its range in the pack settings.
 CODEC_LABEL = {"x264": "libx264 CRF", "mpeg2": "MPEG-2 -qscale:v", "jpeg": "JPEG quality"}
 
@@ -46,56 +55,78 @@ def pooled(sets: dict[str, Any], key: str) -> float:
     return sum(s[key] * s["n_images"] for s in sets.values()) / n
 
 
-# The bars the video weights are held to: (scale, spec, what is compared, the least margin in dB).
+# The bars: (the weights `remaster video` gives such a source, scale, spec, what is compared, the
+# least margin in dB). An MPEG-2 source gets the dvd weights (remaster.model_source.video_default).
 BARS = (
-    (2, "x264:crf=23", "bicubic", 1.0),
-    (2, "x264:crf=23", "lanczos", 0.0),
-    (2, "x264:crf=23", "clean", 0.0),
-    (2, "x264:crf=18", "bicubic", 1.5),
-    (2, "mpeg2:q=6", "bicubic", 1.0),
-    (4, "x264:crf=23", "bicubic", 1.0),
-    (2, "bicubic", "clean", -1.0),
-    (4, "bicubic", "clean", -1.0),
+    ("video", 2, "x264:crf=23", "bicubic", 1.0),
+    ("video", 2, "x264:crf=23", "lanczos", 0.0),
+    ("video", 2, "x264:crf=23", "clean", 0.0),
+    ("video", 2, "x264:crf=18", "bicubic", 1.5),
+    ("dvd", 2, "mpeg2:q=6", "bicubic", 1.0),
+    ("video", 4, "x264:crf=23", "bicubic", 1.0),
+    ("video", 2, "bicubic", "clean", -1.0),
+    ("video", 4, "bicubic", "clean", -1.0),
 )
 
 
 def figures(work: Path, scale: int, spec: str) -> dict[str, dict[str, float]]:
-    """Per set, and pooled as ``all``: the Y-PSNR of bicubic, lanczos, the clean and the video weights."""
-    clean, video = scores(work, "clean", scale, spec), scores(work, "video", scale, spec)
+    """Per set, and pooled as ``all``: the Y-PSNR of bicubic, lanczos and the clean, video and dvd weights."""
+    clean, video, dvd = (scores(work, name, scale, spec) for name in ("clean", "video", "dvd"))
 
     def get(sets: dict[str, Any], k: str, name: str) -> float:
         return pooled(sets, k) if name == "all" else float(sets[name][k])
 
     columns = {"bicubic": (video, "bicubic_psnr_y"), "lanczos": (video, "lanczos_psnr_y"),
-               "clean": (clean, "psnr_y"), "video": (video, "psnr_y")}  # fmt: skip
+               "clean": (clean, "psnr_y"), "video": (video, "psnr_y"), "dvd": (dvd, "psnr_y")}  # fmt: skip
     return {name: {col: get(sets, k, name) for col, (sets, k) in columns.items()} for name in (*SETS, "all")}
 
 
 def bars(work: Path) -> list[str]:
     head = "| bar | " + " | ".join(f"`{n}`" for n in (*SETS, "all")) + " |"
     out = [head, "| --- |" + " ---: |" * (len(SETS) + 1)]
-    for scale, spec, versus, least in BARS:
-        what = f"x{scale} {LABEL[spec]}: video - {versus} >= {least:+.1f} dB"
+    for weights, scale, spec, versus, least in BARS:
+        what = f"x{scale} {LABEL[spec]}: {weights} - {versus} >= {least:+.1f} dB"
         cells = []
         for f in figures(work, scale, spec).values():
-            m = f["video"] - f[versus]
+            m = f[weights] - f[versus]
             cells.append(f"{m:+.2f} {'met' if m >= least else '**not met**'}")
         out.append(f"| {what} | " + " | ".join(cells) + " |")
     return out
 
 
 def quality(work: Path, scale: int) -> list[str]:
-    head = ("| LR | set | bicubic | lanczos | clean weights | video weights | video - bicubic "
-            "| video - clean |")  # fmt: skip
-    out = [head, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    head = ("| LR | set | bicubic | lanczos | clean weights | video weights | dvd weights | video - bicubic "
+            "| video - clean | dvd - bicubic | dvd - video |")  # fmt: skip
+    out = [head, "| --- | --- |" + " ---: |" * 9]
     for spec in SPECS[scale]:
         for name, f in figures(work, scale, spec).items():
-            bic, lan, c, v = f["bicubic"], f["lanczos"], f["clean"], f["video"]
+            bic, lan, c, v, d = f["bicubic"], f["lanczos"], f["clean"], f["video"], f["dvd"]
             label = f"**{name}**" if name == "all" else name
-            cells = [LABEL[spec], label, f"{bic:.2f}", f"{lan:.2f}", f"{c:.2f}", f"{v:.2f}"]
-            cells += [f"{v - bic:+.2f}", f"{v - c:+.2f}"]
+            cells = [LABEL[spec], label, *(f"{x:.2f}" for x in (bic, lan, c, v, d))]
+            cells += [f"{x:+.2f}" for x in (v - bic, v - c, d - bic, d - v)]
             out.append("| " + " | ".join(cells) + " |")
     return out
+
+
+def routing(work: Path) -> list[str]:
+    """Pooled, the dvd weights against the video ones across the MPEG-2 range, and on clean LR."""
+    out = ["| scale | LR | bicubic | clean weights | video weights | dvd weights | dvd - video |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for scale in (2, 4):
+        for spec in (s for s in SPECS[scale] if s in MPEG2 or s == "bicubic"):
+            f = figures(work, scale, spec)["all"]
+            cells = [f"x{scale}", LABEL[spec], *(f"{f[k]:.2f}" for k in ("bicubic", "clean", "video", "dvd"))]
+            out.append("| " + " | ".join([*cells, f"{f['dvd'] - f['video']:+.2f}"]) + " |")
+    return out
+
+
+def reproduced(work: Path, scale: int) -> bool:
+    """Whether this run's fine-tune, blended at the chosen ``a``, equals the shipped video file."""
+    a = _json(work / f"blend_x{scale}.json")["chosen"]
+    tuned = load_model(work / f"runs/x{scale}/best.pt")[0].state_dict()
+    clean = load_model(WEIGHTS / f"a2n_anime_x{scale}.safetensors")[0].state_dict()
+    shipped = load_model(WEIGHTS / f"a2n_anime_video_x{scale}.safetensors")[0].state_dict()
+    return all(torch.equal(a * tuned[k] + (1 - a) * clean[k], shipped[k]) for k in clean)
 
 
 def codecs(settings: dict[str, Any]) -> str:
@@ -119,13 +150,24 @@ def card(work: Path, machine: str) -> str:
         settings = json.loads(f.attrs["realistic"])
         ffmpeg = str(f.attrs["ffmpeg"])
     out = [
-        "# A2N anime video weights (x2, x4)",
+        "# A2N anime video weights (x2, x4): `video` and `dvd`",
         "",
-        "The default of `remaster video` (`--model video`): the clean anime weights (`MODEL_CARD.md`)",
-        "fine-tuned on LR degraded the way real old episodes are, so that codec blocks and ringing are",
-        "removed rather than upscaled. Images keep the clean weights (`remaster upscale`, `--model",
-        "clean`): on clean LR they stay ahead (the `bicubic` rows below). Written by",
-        "`scripts/video_card.py` from the runs of `scripts/train_video.sh` and `scripts/score_video.sh`.",
+        "The clean anime weights (`MODEL_CARD.md`) fine-tuned on LR degraded the way real old episodes",
+        "are, so that codec blocks and ringing are removed rather than upscaled. Two sets come from",
+        "that one fine-tune:",
+        "",
+        "- **`video`** (`a2n_anime_video_x{2,4}`), the default of `remaster video` and `watch`: the",
+        "  fine-tune blended with the clean weights, so that clean input loses under 1 dB.",
+        "- **`dvd`** (`a2n_anime_dvd_x{2,4}`), what `remaster video` and `watch` pick for an MPEG-1/2",
+        "  source (DVD, VCD, SD broadcast): the fine-tune unblended. It repairs MPEG-2 better than",
+        "  `video` across the DVD quality range, but smooths clean input (the clean rows below), which",
+        "  an MPEG-2 source never gives; use `video` (or `clean`) for anything else. Its `a` is chosen",
+        "  on val like the blend's; that an unblended set serves MPEG-2 better was first seen on the",
+        "  test frames below (in a trial run, docs/benchmarks.md), so read its margins as less blind.",
+        "",
+        "Images keep the clean weights (`remaster upscale`, `--model clean`), and so do lossless video",
+        "sources: on clean LR they stay ahead. Written by `scripts/video_card.py` from the runs of",
+        "`scripts/train_video.sh` and `scripts/score_video.sh`.",
         "",
         "**Which clean weights.** Each scale starts from the shipped clean weights of that scale",
         "(" + ", ".join(f"`{f.name}` sha256 `{sha256_file(f)[:16]}...`" for f in clean_files) + "),",
@@ -135,13 +177,21 @@ def card(work: Path, machine: str) -> str:
         "40% clean samples, params.yaml's stronger blur (40% of tiles, sigma up to 1.2) and noise (30%,",
         "up to 3 levels) and a 1 dB val limit: on the same frames they lost 2.14 dB (x2) and 1.45 dB",
         "(x4) to their clean weights on clean LR, for +1.25 dB over bicubic under MPEG-2 (x2, pooled).",
-        *files_table("a2n_anime_video_x{s}.safetensors"),
+        *files_table("a2n_anime_video_x{s}.safetensors", "a2n_anime_dvd_x{s}.safetensors"),
         "## Bars",
         "",
-        "The video weights' margins on frames never trained on (the tables under Quality), against",
-        "the bars they are held to:",
+        "The margins on frames never trained on (the tables under Quality) of the weights that",
+        "`remaster video` gives each kind of source (`dvd` for MPEG-2, `video` otherwise), against the",
+        "bars they are held to:",
         "",
         *bars(work),
+        "",
+        "## Which weights for an MPEG-2 source",
+        "",
+        "Pooled Y-PSNR (dB) over both test sets across the DVD quality range (`-qscale:v` 2 is near",
+        "the best a DVD holds, 10 a starved one), and on clean LR:",
+        "",
+        *routing(work),
         "",
         "## Data",
         "",
@@ -165,7 +215,8 @@ def card(work: Path, machine: str) -> str:
         "interpolation): w = a x fine-tuned + (1 - a) x clean, with `a` the best realistic val score",
         f"among the blends that lose at most {limit:g} dB on clean val LR. The val tiles are the",
         "training images' held-out split, so no test frame chose `a`. The limit is under the 1 dB",
-        "bar because the val tiles, mostly manga pages, understate the loss on HD frames.",
+        "bar because the val tiles, mostly manga pages, understate the loss on HD frames. The `dvd`",
+        "file is the blend with the best realistic val score under no limit.",
         "",
         "| scale | iterations | batch | HR crop | lr, schedule | clean share | wall time "
         "| val Y-PSNR, degraded LR (bicubic) |",
@@ -175,16 +226,30 @@ def card(work: Path, machine: str) -> str:
         t = _train_rows(work, s)
         val, bic, at = t["val"]
         share = t.get("clean_fraction")
+        steps = f"{t['step']}" if t["step"] == t["iterations"] else f"{t['step']} of {t['iterations']}"
         out.append(
-            f"| x{s} | {t['step']} | {t['batch']} | {t['crop']} | {t['lr']}, {t['schedule']} | {share} "
+            f"| x{s} | {steps} | {t['batch']} | {t['crop']} | {t['lr']}, {t['schedule']} | {share} "
             f"| {t['hours']:.2f} h | {val:.2f} dB at step {at} ({bic:.2f}) |"
         )
+    if any(_train_rows(work, s)["step"] != _train_rows(work, s)["iterations"] for s in (2, 4)):
+        out += [
+            "",
+            "A run shown as N of M was stopped at step N (it resumes with the same command); its",
+            "cosine schedule spans M steps all the same. The first full run of this recipe (3,200 and",
+            "1,200 steps) had its best val at steps 1,600 (x2) and 900 (x4), and kept those: this",
+            "rerun stopped once it had them.",
+        ]
+    same = [s for s in (2, 4) if reproduced(work, s)]
+    if same:
+        scales = " and ".join(f"x{s}" for s in same)
+        out += ["", "Blended at the chosen `a`, this run's fine-tune gives the shipped video weights",
+                f"({scales}) tensor for tensor: the recipe reproduces them exactly."]  # fmt: skip
     out += ["", "Val Y-PSNR (dB) of each blend, on the val tiles' realistic and clean LR:", ""]
     out += ["| scale | a | realistic LR | clean LR | chosen |", "| --- | ---: | ---: | ---: | --- |"]
     for s in (2, 4):
         blend = _json(work / f"blend_x{s}.json")
         for r in blend["grid"]:
-            mark = "yes" if r["alpha"] == blend["chosen"] else ""
+            mark = ", ".join(name for name, key in PICKS if r["alpha"] == blend.get(key))
             out.append(f"| x{s} | {r['alpha']:g} | {r['realistic']:.2f} | {r['clean']:.2f} | {mark} |")
     out += [
         "",
