@@ -107,8 +107,9 @@ def remaster_episode(
         with timed(seconds, "probe"):
             info = probe_task(src)
             shipped = video_default(info.codec)
-            if not p.model and shipped == "clean":
-                get_run_logger().info("%s: lossless source (%s), so the clean weights", src, info.codec)
+            if not p.model and shipped != "video":
+                kind = {"clean": "lossless", "dvd": "MPEG-1/2"}[shipped]
+                get_run_logger().info("%s: %s source (%s), so the %s weights", src, kind, info.codec, shipped)
             model_path = resolve_model(p.model or None, p.scale, default=shipped)
             model: dict[str, Any] = {"path": str(model_path), "sha256": sha256_file(model_path)}
             enc = ffmpeg.Encode(p.codec, p.crf, p.preset, ffmpeg.resolve_pix_fmt(p.pix_fmt, info))

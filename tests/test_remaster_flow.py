@@ -140,6 +140,25 @@ def test_without_a_model_the_source_codec_chooses_the_weights(
     assert summary["frames"] == 6 and all(check["ok"] for check in summary["verify"].values())
 
 
+def test_a_dvd_program_stream_comes_through_with_its_audio(
+    api_url: str, assets: dict[str, Path], tmp_path: Path
+) -> None:
+    # an MPEG program stream (a DVD's .vob or .mpg) leaves packets without a pts, which the split's
+    # matroska muxer refused until the split generated them; and its GOPs are open (B-frames that
+    # lean on the GOP before), so cutting at 0.5 s would lose frames: it is split as one segment
+    src = tmp_path / "dvd.mpg"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=1.2",
+         "-f", "lavfi", "-i", "sine=frequency=440:duration=1.2", "-c:v", "mpeg2video", "-q:v", "6",
+         "-bf", "2", "-c:a", "mp2", str(src)],
+        check=True,
+    )  # fmt: skip
+    summary = episode.with_workers(settings(assets))(str(src), str(tmp_path / "out.mkv"), settings(assets))
+    assert summary["frames"] == 30 and summary["segments"] == 1
+    assert all(check["ok"] for check in summary["verify"].values())
+    assert probe.stream_hashes(tmp_path / "out.mkv", "a") == probe.stream_hashes(src, "a")
+
+
 def test_the_shared_one_piece_clip_comes_through_whole(
     api_url: str, assets: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -75,7 +75,9 @@ def check_accounting(total: int, counts: Sequence[int]) -> None:
 
 def split_cmd(info: VideoInfo, out_dir: Path, seconds: float) -> list[str]:
     """ffmpeg copying the video stream to ``out_dir/seg_%05d.mkv``, cut at keyframes every ~``seconds``."""
-    video = ffmpeg_python.input(info.path)[str(info.index)]
+    # genpts: an MPEG program stream (a DVD's .vob, .mpg) leaves some packets without a pts, which
+    # the matroska muxer refuses; ffmpeg fills them in from the frame order.
+    video = ffmpeg_python.input(info.path, fflags="+genpts")[str(info.index)]
     graph = video.output(
         str(out_dir / "seg_%05d.mkv"),
         c="copy",
@@ -95,6 +97,13 @@ def split(info: VideoInfo, out_dir: Path, seconds: float) -> list[Segment]:
     run_ffmpeg(split_cmd(info, out_dir, seconds), f"splitting {info.path}")
     paths = sorted(out_dir.glob("seg_*.mkv"))
     passes = [frame_pass(p, "v:0") for p in paths]
+    if seconds > 0 and len(paths) > 1 and sum(len(f.pts) for f in passes) != info.frames:
+        # Open GOPs (common on DVDs): the B-frames before a cut's keyframe need the GOP before it,
+        # so a segment loses them. One segment keeps every frame; it only resumes as a whole.
+        log.warning(
+            "%s: cutting at keyframes loses frames (open GOPs); splitting it as one segment", info.path
+        )
+        return split(info, out_dir, 0)
     check_accounting(info.frames, [len(f.pts) for f in passes])
     half_frame = float(info.tb * info.last_duration) / 2
     segments, first, tb = [], 0, info.tb
