@@ -249,11 +249,28 @@ def stop_on_signals(prog: str, resume: str, raise_now: bool = True) -> Iterator[
             signal.signal(s, h)
 
 
-def exit_code_of(e: BaseException) -> int | None:
-    """The exit status a stop asks for, if ``e`` is (or wraps) a signal's exception."""
+def _signal_in(e: BaseException) -> int | None:
+    """The signal behind ``e`` or any exception it was raised from or while handling."""
     seen: BaseException | None = e
     while seen is not None:
         if (signum := signal_of(seen)) is not None:
-            return EXIT_CODES.get(signal.Signals(signum), 128 + signum)
+            return signum
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def exit_code_of(e: BaseException) -> int | None:
+    """The exit status a stop asks for, if ``e`` is (or wraps) a signal's exception."""
+    signum = _signal_in(e)
+    return None if signum is None else EXIT_CODES.get(signal.Signals(signum), 128 + signum)
+
+
+def stopped(e: BaseException) -> int | None:
+    """For a command's last ``except``: ``exit_code_of(e)``, and the stop's one line if it has not
+    been said. A signal that lands while a framework's own handler is installed (Prefect's, as a
+    flow or task run starts) reaches no block of ours, and would otherwise exit without it."""
+    signum = _signal_in(e)
+    if signum is None:
+        return None
+    begin_stop(signum)
+    return EXIT_CODES.get(signal.Signals(signum), 128 + signum)

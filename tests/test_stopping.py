@@ -157,6 +157,29 @@ def test_children_are_terminated_and_reaped_and_a_stop_refuses_new_ones() -> Non
     assert stopping.exit_code_of(KeyboardInterrupt()) == 130
 
 
+def test_a_signal_that_only_prefect_caught_still_says_the_stop_line_once() -> None:
+    # SIGTERM while a flow run starts lands in Prefect's handler, not ours: the command sees a
+    # ValueError raised while handling Prefect's TerminationSignal, and must still say the one line
+    code = """
+import signal
+from prefect.exceptions import TerminationSignal
+from remaster import stopping
+with stopping.stop_on_signals("remaster video", "run the same command to resume"):
+    pass
+try:
+    try:
+        raise TerminationSignal(signal=signal.SIGTERM)
+    except TerminationSignal:
+        raise ValueError("Task run is not set")
+except ValueError as e:
+    print(stopping.stopped(e), stopping.stopped(e), stopping.stopped(RuntimeError("x")))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["143", "143", "None"]
+    assert done.stderr.count("remaster video: stopped by SIGTERM; run the same command to resume") == 1
+
+
 # --- faults: each ends in a clear error that names what failed, and never a hang ----------------
 
 

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.params, args.overrides, args.source and str(args.source), args.data_dir, args.runs_dir
             )
     except BaseException as e:  # Stopped, or Prefect's own exception for the signal
-        if (code := stopping.exit_code_of(e)) is not None:
+        if (code := stopping.stopped(e)) is not None:
             return code
         raise
     return 0

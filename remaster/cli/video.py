@@ -142,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         RuntimeError,
         OSError,
     ) as e:
-        if (code := stopping.exit_code_of(e)) is not None:
+        if (code := stopping.stopped(e)) is not None:
             return code  # a segment that failed because the run was stopping
         print(f"remaster video: error: {e}", file=sys.stderr)
         return 1
     except BaseException as e:  # Stopped, or Prefect's own exception for the signal
-        if (code := stopping.exit_code_of(e)) is not None:
+        if (code := stopping.stopped(e)) is not None:
             return code
         raise
     if args.summary:

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             done = watch.watch(args.inbox, args.output, process, suffix=f"_x{p.scale}.mkv",
                                interval=args.interval, settle=args.settle, once=args.once)  # fmt: skip
     except BaseException as e:  # Stopped, or Prefect's own exception for the signal
-        if (code := stopping.exit_code_of(e)) is not None:
+        if (code := stopping.stopped(e)) is not None:
             return code
         raise
     state = watch.load_state(args.output)
