@@ -32,7 +32,7 @@ from remaster.config import RemasterParams, check_choices, flatten
 from remaster.data.imaging import bicubic_upscale
 from remaster.engine.upscaler import Upscaler
 from remaster.files import sha256_file
-from remaster.model_source import resolve_model, video_default
+from remaster.model_source import SOURCE_KIND, resolve_model, video_default
 from remaster.tracking import NullTracker, Tracker
 from remaster.video import ffmpeg, probe
 from remaster.video.reuse import ReuseRule
@@ -107,9 +107,9 @@ def remaster_episode(
         with timed(seconds, "probe"):
             info = probe_task(src)
             shipped = video_default(info.codec)
-            if not p.model and shipped != "video":
-                kind = {"clean": "lossless", "dvd": "MPEG-1/2"}[shipped]
-                get_run_logger().info("%s: %s source (%s), so the %s weights", src, kind, info.codec, shipped)
+            if not p.model and shipped in SOURCE_KIND:
+                why = SOURCE_KIND[shipped]
+                get_run_logger().info("%s: %s source (%s), so the %s weights", src, why, info.codec, shipped)
             model_path = resolve_model(p.model or None, p.scale, default=shipped)
             model: dict[str, Any] = {"path": str(model_path), "sha256": sha256_file(model_path)}
             enc = ffmpeg.Encode(p.codec, p.crf, p.preset, ffmpeg.resolve_pix_fmt(p.pix_fmt, info))

@@ -20,6 +20,8 @@ LOSSLESS_CODECS = frozenset(
 # on held-out frames (models/weights/MODEL_CARD_video.md), though it would lose over 1 dB to the
 # clean weights on clean input, which these codecs never give.
 MPEG_CODECS = frozenset({"mpeg1video", "mpeg2video"})
+# What kind of source each non-default choice of video_default stands for, for the log
+SOURCE_KIND = {"clean": "lossless", "dvd": "MPEG-1/2"}
 
 
 def video_default(codec: str) -> str:

@@ -54,7 +54,12 @@ class Stopped(BaseException):
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES.get(signal.Signals(self.signum), 128 + self.signum)
+        return exit_status(self.signum)
+
+
+def exit_status(signum: int) -> int:
+    """The status of a command ended by ``signum``, as a shell gives it (130 SIGINT, 143 SIGTERM)."""
+    return EXIT_CODES.get(signal.Signals(signum), 128 + signum)
 
 
 def spawn(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
@@ -181,7 +186,7 @@ def begin_stop(signum: int) -> None:
     _stop.refuse.set()
     name = signal.Signals(signum).name
     print(f"{_stop.prog}: stopped by {name}; {_stop.resume}", file=sys.stderr, flush=True)
-    code = EXIT_CODES.get(signal.Signals(signum), 128 + signum)
+    code = exit_status(signum)
 
     def force() -> None:
         log.warning("%s: still running %.0f s after %s; ending it now", _stop.prog, GRACE, name)
@@ -262,7 +267,7 @@ def _signal_in(e: BaseException) -> int | None:
 def exit_code_of(e: BaseException) -> int | None:
     """The exit status a stop asks for, if ``e`` is (or wraps) a signal's exception."""
     signum = _signal_in(e)
-    return None if signum is None else EXIT_CODES.get(signal.Signals(signum), 128 + signum)
+    return None if signum is None else exit_status(signum)
 
 
 def stopped(e: BaseException) -> int | None:
@@ -273,4 +278,4 @@ def stopped(e: BaseException) -> int | None:
     if signum is None:
         return None
     begin_stop(signum)
-    return EXIT_CODES.get(signal.Signals(signum), 128 + signum)
+    return exit_status(signum)

@@ -35,6 +35,13 @@ from remaster.training.dataset import TileDataset  # noqa: E402
 GRID = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
+def interpolate(
+    tuned: dict[str, torch.Tensor], clean: dict[str, torch.Tensor], a: float
+) -> dict[str, torch.Tensor]:
+    """The state dict a * tuned + (1 - a) * clean."""
+    return {k: a * tuned[k] + (1 - a) * clean[k] for k in clean}
+
+
 class Subset(TileDataset):
     """Every ``every``-th tile of a val set: the sweep scores many blends."""
 
@@ -68,7 +75,7 @@ def main() -> int:
         rows = []
         for a in GRID:
             model, _, _ = load_model(default_weights(s))
-            model.load_state_dict({k: a * sd_v[k] + (1 - a) * sd_c[k] for k in sd_c})
+            model.load_state_dict(interpolate(sd_v, sd_c, a))
             model.to(rt.device, memory_format=rt.memory_format)  # type: ignore[call-overload]
             scores = {name: loop.validate(model, tiles, s, rt)[0] for name, tiles in sets.items()}
             rows.append({"alpha": a, **scores})
@@ -81,12 +88,12 @@ def main() -> int:
         "video": max((r for r in rows if r["clean"] >= floor), key=lambda r: r["realistic"])["alpha"],
         "dvd": max(rows, key=lambda r: r["realistic"])["alpha"],
     }
+    step, data_hash = info.get("step"), info.get("data_hash")
     for name, a in chosen.items():
         blended, _, _ = load_model(default_weights(s))
-        blended.load_state_dict({k: a * sd_v[k] + (1 - a) * sd_c[k] for k in sd_c})
+        blended.load_state_dict(interpolate(sd_v, sd_c, a))
         dst = default_weights(s, name)
         source = f"{a:g} x {info.get('path')} + {1 - a:g} x {default_weights(s).name}"
-        step, data_hash = info.get("step"), info.get("data_hash")
         export_safetensors(blended, dst, source=source, step=step, data_hash=data_hash)
         print(f"x{s} {name}: a = {a:g} -> {dst}")
     record = {"chosen": chosen["video"], "dvd": chosen["dvd"], "max_clean_loss": args.max_clean_loss}

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from models.checkpoint import load_model  # noqa: E402
 from remaster.config import RANGE_KEYS  # noqa: E402
 from remaster.files import sha256_file  # noqa: E402
+from scripts.blend_video import interpolate  # noqa: E402
 from scripts.model_card import _json, _train_rows, files_table, write_card  # noqa: E402
 
 WEIGHTS = ROOT / "models" / "weights"
@@ -126,7 +127,7 @@ def reproduced(work: Path, scale: int) -> bool:
     tuned = load_model(work / f"runs/x{scale}/best.pt")[0].state_dict()
     clean = load_model(WEIGHTS / f"a2n_anime_x{scale}.safetensors")[0].state_dict()
     shipped = load_model(WEIGHTS / f"a2n_anime_video_x{scale}.safetensors")[0].state_dict()
-    return all(torch.equal(a * tuned[k] + (1 - a) * clean[k], shipped[k]) for k in clean)
+    return all(torch.equal(v, shipped[k]) for k, v in interpolate(tuned, clean, a).items())
 
 
 def codecs(settings: dict[str, Any]) -> str:
@@ -222,8 +223,8 @@ def card(work: Path, machine: str) -> str:
         "| val Y-PSNR, degraded LR (bicubic) |",
         "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |",
     ]
-    for s in (2, 4):
-        t = _train_rows(work, s)
+    trained = {s: _train_rows(work, s) for s in (2, 4)}
+    for s, t in trained.items():
         val, bic, at = t["val"]
         share = t.get("clean_fraction")
         steps = f"{t['step']}" if t["step"] == t["iterations"] else f"{t['step']} of {t['iterations']}"
@@ -231,7 +232,7 @@ def card(work: Path, machine: str) -> str:
             f"| x{s} | {steps} | {t['batch']} | {t['crop']} | {t['lr']}, {t['schedule']} | {share} "
             f"| {t['hours']:.2f} h | {val:.2f} dB at step {at} ({bic:.2f}) |"
         )
-    if any(_train_rows(work, s)["step"] != _train_rows(work, s)["iterations"] for s in (2, 4)):
+    if any(t["step"] != t["iterations"] for t in trained.values()):
         out += [
             "",
             "A run shown as N of M was stopped at step N (it resumes with the same command); its",
